@@ -74,6 +74,9 @@ setup(
         "tokenizers>=0.22",
         "datasets>=5.2,<6",
         "ray==2.60.0",
+        "matplotlib>=3.8",
+        "tensorboard>=2.15",
+        "tqdm>=4.60",
         # instruction-following verifiers (uniapl_mcore.rewards): pinned, since verdicts
         # must agree exactly with the reference harness
         "nltk==3.10.4",

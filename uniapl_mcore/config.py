@@ -359,6 +359,8 @@ def build_dataclass(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         return cls(**kwargs)
     except ConfigError as err:
         raise err.within(prefix) if prefix else err from None
+    except ValueError as err:  # sections that validate with plain ValueError
+        raise ConfigError(prefix, str(err)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

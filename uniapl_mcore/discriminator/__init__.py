@@ -1,0 +1,1 @@
+"""The POLAR-format discriminator: input template, scoring service, optional online training."""

@@ -1,0 +1,251 @@
+"""The UniAPL training run's configuration: the foundation's sections plus the objective,
+data, rewards, rollouts, discriminator, reference model, evaluation, logging and stages.
+
+:class:`UniaplConfig` extends :class:`~uniapl_mcore.config.RunConfig`; each component still
+takes only its own section. Its defaults are the embedded CPU run (toy task, tiny policy,
+tiny trainable discriminator) that ``uniapl train`` with no config starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from uniapl_mcore.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig, check
+from uniapl_mcore.data.config import DataConfig
+from uniapl_mcore.discriminator.config import DiscriminatorConfig
+from uniapl_mcore.losses.config import OBJECTIVES, LossConfig
+from uniapl_mcore.rewards.config import RewardConfig
+from uniapl_mcore.rollout.config import RolloutConfig, SamplingConfig
+
+#: Objectives whose steps need student rollouts of PREF prompts (the GRPO slice).
+RL_OBJECTIVES = ("grpo", "a_grpo", "uniapl", "chord", "a_chord")
+#: Objectives whose global batch holds SFT rows (expert demonstrations).
+SFT_OBJECTIVES = ("sft", "a_sft", "uniapl", "chord", "a_chord")
+
+
+def _toy_policy() -> ModelConfig:
+    """The embedded default policy: a tiny Qwen3-style model for the toy task's tokenizer."""
+    return ModelConfig(num_layers=4, hidden_size=128, ffn_hidden_size=384,
+                       num_attention_heads=4, num_query_groups=2, head_dim=32, vocab_size=512,
+                       max_position_embeddings=1024)
+
+
+def _toy_train() -> TrainConfig:
+    return TrainConfig(max_steps=240, seed=1234, micro_batch_size=8, global_batch_size=8,
+                       seq_length=512)
+
+
+def _toy_rollout() -> RolloutConfig:
+    return RolloutConfig(samples_per_prompt=4, dtype="float32", max_batch_rows=64,
+                         requests_per_call=16,
+                         sampling=SamplingConfig(temperature=1.0, max_new_tokens=192))
+
+
+@dataclass
+class StageConfig:
+    """One stage of a staged pipeline (e.g. SFT → A-GRPO), run one after another.
+
+    Attributes:
+        objective: the stage's loss (``loss.objective`` values except dpo / kto).
+        steps: optimizer steps in the stage.
+        lr: peak learning rate (None: ``optimizer.lr``).
+        warmup_steps: LR warm-up of the stage (None: ``optimizer.warmup_steps``).
+        name: label in logs (default ``stage<i>-<objective>``).
+
+    Each stage starts from the previous stage's weights with a fresh optimizer and LR
+    schedule; the KL reference is reset to the weights at the stage's start.
+    """
+
+    objective: str = "sft"
+    steps: int = 1
+    lr: float | None = None
+    warmup_steps: int | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        usable = [o for o in OBJECTIVES if o not in ("dpo", "kto")]
+        check(self.objective in usable, "objective",
+              f"must be one of {', '.join(map(repr, usable))}; got {self.objective!r}")
+        check(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps",
+              "must be >= 0")
+
+
+@dataclass
+class ReferenceConfig:
+    """The frozen KL reference π_ref (the policy at the start of its stage).
+
+    ``offload``: keep its weights in host memory between uses (GPU runs).
+    """
+
+    offload: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation (greedy generation on the eval rows, verified strictly).
+
+    Attributes:
+        interval_steps: evaluate every N optimizer steps (0: only at start and end).
+        at_start: evaluate the initial model (step 0) for the learning curve's baseline.
+        max_prompts: evaluate on the first N held-out rows (None: all).
+        max_new_tokens: generation budget per response (tokens).
+        save_generations: write ``<run_dir>/generations/step_NNNNNN.jsonl``.
+    """
+
+    interval_steps: int = 40
+    at_start: bool = True
+    max_prompts: int | None = 100
+    max_new_tokens: int = 192
+    save_generations: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.interval_steps >= 0, "interval_steps", "must be >= 0")
+        check(self.max_prompts is None or self.max_prompts > 0, "max_prompts", "must be > 0")
+        check(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go besides ``<run_dir>/metrics.jsonl``.
+
+    ``progress_bar``: ``auto`` (only on a terminal), ``on`` or ``off``; ``tensorboard``:
+    event files under ``<run_dir>/tensorboard``; ``wandb_project``: log to Weights & Biases
+    when set (needs the ``wandb`` package and a login).
+    """
+
+    progress_bar: Literal["auto", "on", "off"] = "auto"
+    tensorboard: bool = True
+    wandb_project: str | None = None
+    wandb_run_name: str | None = None
+
+
+@dataclass
+class UniaplConfig(RunConfig):
+    """A whole UniAPL training run (see the module doc)."""
+
+    model: ModelConfig = field(default_factory=_toy_policy)
+    optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(lr=2e-3, warmup_steps=10,
+                                                lr_decay_style="cosine", min_lr=2e-4))
+    train: TrainConfig = field(default_factory=_toy_train)
+    loss: LossConfig = field(default_factory=lambda: LossConfig(objective="uniapl", alpha=0.5,
+                                                                lambda_adv=1e-2))
+    data: DataConfig = field(default_factory=lambda: DataConfig(
+        expert_fraction=0.5, max_prompt_tokens=256, max_response_tokens=256,
+        micro_batch_tokens=4096))
+    reward: RewardConfig = field(default_factory=lambda: RewardConfig(num_workers=0))
+    rollout: RolloutConfig = field(default_factory=_toy_rollout)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+    #: prompts drawn per optimizer step (SFT rows + PREF prompts, global over DP ranks)
+    prompts_per_step: int = 16
+    #: student rollouts per SFT prompt for L_ADV|SFT (None: rollout.samples_per_prompt)
+    sft_samples_per_prompt: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.stages = [StageConfig(**s) if isinstance(s, dict) else s for s in self.stages]
+        check(self.prompts_per_step > 0, "prompts_per_step", "must be > 0")
+        check(self.sft_samples_per_prompt is None or self.sft_samples_per_prompt >= 1,
+              "sft_samples_per_prompt", "must be >= 1")
+        check(self.loss.objective not in ("dpo", "kto"), "loss.objective",
+              "dpo / kto train on offline preference pairs, which the online trainer does not "
+              "load; use sft, grpo, a_sft, a_grpo, uniapl, chord or a_chord")
+        longest = self.data.max_prompt_tokens + max(self.data.max_response_tokens,
+                                                    self.rollout.sampling.max_new_tokens)
+        check(longest <= self.model.max_position_embeddings, "model.max_position_embeddings",
+              f"{self.model.max_position_embeddings} cannot hold data.max_prompt_tokens + the "
+              f"longest response = {longest} tokens")
+        adversarial = any(s.needs_discriminator for s in self.resolved_stages())
+        check(not adversarial or self.discriminator.enabled, "discriminator.role",
+              "the objective has an adversarial term; the discriminator cannot be 'none'")
+        check(self.rollout.samples_per_prompt >= 2 or not self.any_rl,
+              "rollout.samples_per_prompt",
+              "GRPO needs at least 2 samples per prompt (group baseline)")
+
+    # ------------------------------------------------------------------ stages
+
+    def resolved_stages(self) -> list[ResolvedStage]:
+        """The stages to run: ``stages``, or one stage of ``loss.objective`` for
+        ``train.max_steps`` steps at ``optimizer.lr``."""
+        specs = self.stages or [StageConfig(objective=self.loss.objective,
+                                            steps=self.train.max_steps)]
+        out, start = [], 0
+        for index, spec in enumerate(specs):
+            loss = replace(self.loss, objective=spec.objective)
+            optim = replace(self.optimizer,
+                            lr=spec.lr if spec.lr is not None else self.optimizer.lr,
+                            min_lr=min(self.optimizer.min_lr,
+                                       spec.lr if spec.lr is not None else self.optimizer.lr),
+                            warmup_steps=spec.warmup_steps if spec.warmup_steps is not None
+                            else self.optimizer.warmup_steps)
+            name = spec.name or f"stage{index}-{spec.objective}"
+            out.append(ResolvedStage(index, name, start, spec.steps, loss, optim))
+            start += spec.steps
+        return out
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.resolved_stages())
+
+    @property
+    def any_rl(self) -> bool:
+        return any(s.loss.objective in RL_OBJECTIVES or s.needs_sft_rollouts
+                   for s in self.resolved_stages())
+
+
+@dataclass(frozen=True)
+class ResolvedStage:
+    """A stage with its global step range and its own loss / optimizer sections."""
+
+    index: int
+    name: str
+    start_step: int
+    steps: int
+    loss: LossConfig
+    optimizer: OptimizerConfig
+
+    @property
+    def end_step(self) -> int:
+        return self.start_step + self.steps
+
+    @property
+    def objective(self) -> str:
+        return self.loss.objective
+
+    @property
+    def has_pref(self) -> bool:
+        """Whether the stage draws PREF prompts and rolls them out."""
+        return self.objective in RL_OBJECTIVES
+
+    @property
+    def has_sft(self) -> bool:
+        return self.objective in SFT_OBJECTIVES
+
+    @property
+    def needs_sft_rollouts(self) -> bool:
+        """Whether SFT prompts get student rollouts (for L_ADV|SFT)."""
+        return self.has_sft and self.loss.adversarial_in_loss and \
+            self.loss.resolved_adv_on_sft_rows
+
+    @property
+    def needs_discriminator(self) -> bool:
+        return self.loss.objective in ("a_sft", "a_grpo", "uniapl", "a_chord")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.has_pref and self.loss.kl_coef > 0
+
+    def expert_fraction(self, data_fraction: float) -> float:
+        """Share of SFT rows in the stage's batches."""
+        if not self.has_pref:
+            return 1.0
+        if not self.has_sft:
+            return 0.0
+        return data_fraction
