@@ -1,4 +1,5 @@
-"""Shared pytest setup: the CPU execution layer never leaks between tests."""
+"""Shared pytest setup: the CPU execution layer never leaks between tests; one local Ray
+cluster for every test that needs one (Ray start-up is slow), shut down at the end."""
 
 from __future__ import annotations
 
@@ -14,3 +15,14 @@ def _no_leaked_cpu_layer():
     if layer is not None:
         layer.disable()
         pytest.fail("a test left the CPU execution layer enabled")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The GCS address of a 2-CPU local Ray cluster on loopback."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")  # keep test traffic on loopback
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -1,18 +1,8 @@
-"""One local Ray cluster for all rollout tests (Ray start-up is slow), shut down at the end."""
+"""Rollout test fixtures (the Ray cluster fixture lives in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")  # keep test traffic on loopback
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 @pytest.fixture(scope="session")
