@@ -14,6 +14,7 @@ from uniapl_mcore.config import ConfigError
 SUBCOMMANDS = (
     "uniapl_mcore.trainer.cli",
     "uniapl_mcore.eval.cli",
+    "uniapl_mcore.eval.analyze_cli",
 )
 
 

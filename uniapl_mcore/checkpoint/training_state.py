@@ -141,6 +141,60 @@ def _is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def write_model_state(directory: str | Path, trainable: TrainableModel,
+                      include_optimizer: bool = True, common: dict[str, Any] | None = None,
+                      step: int = 0) -> None:
+    """Write model (+ optimizer, scheduler) and ``common`` into an existing empty directory.
+
+    Collective; not atomic by itself (see :func:`save_checkpoint` and :func:`staged_dir`).
+    """
+    from megatron.core import dist_checkpointing
+
+    state = _sharded_state(trainable, include_optimizer, is_loading=False)
+    state["common"] = {"step": step, **(common or {})}
+    if include_optimizer:
+        state["common"]["scheduler"] = trainable.scheduler.state_dict()
+    dist_checkpointing.save(state, str(directory), content_metadata=dict(OPTIMIZER_METADATA))
+
+
+@contextlib.contextmanager
+def staged_dir(root: str | Path, step: int, keep_last: int | None = None,
+               subdirs: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Collective: yields ``root/.tmp.step_NNNNNN`` (fresh, with ``subdirs`` created) to
+    write into; after the body finished on every rank, rank 0 renames it to
+    ``root/step_NNNNNN``, points ``latest`` at it and prunes to ``keep_last``."""
+    root = Path(root)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp.{step_dir_name(step)}"
+    if _is_rank0():
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for sub in subdirs:
+            (tmp / sub).mkdir()
+    _barrier()
+    yield tmp
+    _barrier()
+    if _is_rank0():
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        _write_latest(root, final.name)
+        if keep_last is not None:
+            prune_checkpoints(root, keep_last)
+    _barrier()
+    logger.info("saved checkpoint %s", final)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(root: str | Path, step: int, trainable: TrainableModel,
                     include_optimizer: bool = True, common: dict[str, Any] | None = None,
                     keep_last: int | None = None) -> Path:
@@ -149,32 +203,9 @@ def save_checkpoint(root: str | Path, step: int, trainable: TrainableModel,
     Collective: every rank calls it. ``common`` must be identical on all ranks (rank 0's copy
     is written). Returns the final checkpoint directory.
     """
-    from megatron.core import dist_checkpointing
-
-    root = Path(root)
-    final = root / step_dir_name(step)
-    tmp = root / f".tmp.{step_dir_name(step)}"
-    if _is_rank0():
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    _barrier()
-    state = _sharded_state(trainable, include_optimizer, is_loading=False)
-    state["common"] = {"step": step, **(common or {})}
-    if include_optimizer:
-        state["common"]["scheduler"] = trainable.scheduler.state_dict()
-    dist_checkpointing.save(state, str(tmp), content_metadata=dict(OPTIMIZER_METADATA))
-    _barrier()
-    if _is_rank0():
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _write_latest(root, final.name)
-        if keep_last is not None:
-            prune_checkpoints(root, keep_last)
-    _barrier()
-    logger.info("saved checkpoint %s", final)
-    return final
+    with staged_dir(root, step, keep_last) as tmp:
+        write_model_state(tmp, trainable, include_optimizer, common, step)
+    return Path(root) / step_dir_name(step)
 
 
 def _write_latest(root: Path, name: str) -> None:

@@ -218,6 +218,22 @@ class DataBundle:
         return [PackItem.from_sft(ex, ("sft", int(i)))
                 for i, ex in zip(pool_indices, self.sft_examples(pool_indices), strict=True)]
 
+    def sft_token_pairs(self, pool_indices: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, target ids) of SFT-pool indices (the target ends in end-of-turn)."""
+        recs = self._select(self.sft_pool[list(pool_indices)], ["prompt_ids", "target_ids"])
+        return [(list(r["prompt_ids"]), list(r["target_ids"])) for r in recs]
+
+    def sft_rows(self, pool_indices: Sequence[int]) -> list[Row]:
+        """Unified rows of SFT-pool indices."""
+        return RowTable(self.train).rows(self.sft_pool[list(pool_indices)])
+
+    def eval_prompt_ids(self, count: int | None = None) -> list[list[int]]:
+        """Prompt ids of the first ``count`` held-out rows (all when None)."""
+        if self.eval is None:
+            return []
+        n = len(self.eval) if count is None else min(count, len(self.eval))
+        return [list(r) for r in self.eval.select(range(n))["prompt_ids"]]
+
     def pref_rows(self, pool_indices: Sequence[int]) -> list[Row]:
         """Unified rows (verifiers, teacher reference) for PREF-pool indices."""
         return RowTable(self.train).rows(self.pref_pool[list(pool_indices)])

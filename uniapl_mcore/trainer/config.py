@@ -145,6 +145,11 @@ class UniaplConfig(RunConfig):
     stages: list[StageConfig] = field(default_factory=list)
     #: prompts drawn per optimizer step (SFT rows + PREF prompts, global over DP ranks)
     prompts_per_step: int = 16
+    #: initial policy weights: a torch_dist checkpoint (``tools/convert_checkpoint.py``);
+    #: None starts from a random initialisation (the embedded toy run)
+    init_checkpoint: str | None = None
+    #: Ray cluster to join ("auto": this node's); None starts a local Ray instance
+    ray_address: str | None = None
     #: student rollouts per SFT prompt for L_ADV|SFT (None: rollout.samples_per_prompt)
     sft_samples_per_prompt: int | None = None
 

@@ -1,0 +1,646 @@
+"""Dry run of a training config: the parallel layout it implies and a per-GPU memory estimate.
+
+``uniapl train --config X --dry-run`` prints :func:`dry_run`. Nothing here imports torch or
+Megatron or touches a device: everything is arithmetic on the config.
+
+:func:`plan_layout` derives the trainer's data-parallel and expert-data-parallel sizes, the
+pipeline split, the rollouts and micro-batches per step, and where the discriminator, the
+reference model and the rollout engines go; it raises :class:`ConfigError` with a one-line
+reason when ``world_size`` GPUs cannot host that layout.
+
+:func:`estimate_memory` itemises the memory of one GPU (GiB = 2**30 bytes) in two phases:
+
+- **training**: the policy's parameters, fp32 gradient buffers and optimizer state, the
+  activations of the micro-batches in flight, the logits working set, the frozen reference
+  and discriminator, the (asleep or awake) colocated rollout engine, CUDA overhead;
+- **generation**: colocated engines awake, while the trainer's parameters, gradient buffers
+  and optimizer state stay on the GPU (this backend offloads none of them) and no
+  activations are alive.
+
+Assumptions (each is a documented constant or formula below):
+
+- parameters are counted exactly from :class:`ModelConfig` as Megatron builds them
+  (:func:`count_parameters`, checked against real models by the tests);
+- Megatron mixed precision: params in ``params_dtype``, gradients reduced into fp32 DDP
+  buffers (``grad_reduce_in_fp32=True``, never sharded), Adam m and v in fp32 plus an fp32
+  master copy when params are bf16/fp16 — sharded over the data-parallel group (dense
+  params, CP included) or the expert-data-parallel group (expert params) when
+  ``optimizer.use_distributed_optimizer``;
+- experts are never tensor-parallel (``expert_tensor_parallel_size=1``), so
+  expert-data-parallel = TP·CP·DP / EP;
+- activations: no recomputation, flash attention (no s² term), no dropout — the per-tensor
+  accounting of Korthikanti et al. 2022 (§4.1) redone for GQA, qk-norm, SwiGLU and top-k MoE
+  (:func:`activation_bytes_per_token`); 1F1B keeps ``min(PP - stage, micro-batches)``
+  micro-batches in flight;
+- the last stage holds one micro-batch's logits in fp32 for the backward pass plus their
+  fp32 gradient (8 bytes per element of ``tokens × vocab/TP``), and the chunked log-prob
+  code's working set (3 fp32 ``chunk × vocab/TP`` buffers);
+- vLLM takes ``gpu_memory_utilization × GPU memory`` while awake and only its CUDA context
+  while asleep (sleep level 1 moves its weights to host memory); the torch engine runs on
+  the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from uniapl_mcore.config import ConfigError, ModelConfig, ParallelConfig
+from uniapl_mcore.trainer.config import UniaplConfig
+
+logger = logging.getLogger(__name__)
+
+GIB = 1024**3
+#: Bytes per element of each parameter dtype.
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: Per trainer process: CUDA context (~0.5 GiB) + NCCL communicators and cuBLAS / Transformer
+#: Engine workspaces (~1 GiB), in GiB.
+CUDA_OVERHEAD_GIB = 1.5
+#: A sleeping vLLM engine process still holds its CUDA context, in GiB.
+ENGINE_ASLEEP_GIB = 0.5
+#: fp32 gradient buffer bytes per parameter (Megatron DDP with ``grad_reduce_in_fp32``).
+GRAD_BYTES = 4
+#: Adam first and second moments, fp32 each: bytes per parameter.
+ADAM_BYTES = 8
+#: fp32 master copy of a bf16/fp16 parameter: bytes per parameter.
+MASTER_BYTES = 4
+#: Logits kept per element on the last stage: fp32 logits saved for backward + fp32 gradient.
+LOGITS_BYTES = 8
+#: fp32 ``[chunk, vocab/TP]`` buffers alive at once in the vocab-parallel log-prob code.
+LOGPROB_CHUNK_BUFFERS = 3
+#: Warn when the peak exceeds this fraction of the GPU (allocator fragmentation headroom).
+HEADROOM_FRACTION = 0.92
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Parameters held by one GPU (elements): ``dense`` (everything but routed experts)
+    and ``expert`` (routed-expert weights, sharded over EP and optimised over expert-DP)."""
+
+    dense: int
+    expert: int
+
+    @property
+    def total(self) -> int:
+        return self.dense + self.expert
+
+
+def _split(size: int, parts: int) -> int:
+    """Elements per rank of a dimension of ``size`` split ``parts`` ways (ceil)."""
+    return -(-size // parts)
+
+
+def _qkv_width(model: ModelConfig) -> int:
+    """Output width of the fused QKV projection: (heads + 2·KV heads) · head_dim."""
+    return (model.num_attention_heads + 2 * model.num_query_groups) * model.head_dim
+
+
+def layer_parameters(model: ModelConfig, tp: int = 1, ep: int = 1) -> ParamCount:
+    """Parameters of one transformer layer on one rank (elements).
+
+    Attention: fused QKV (+ bias), output projection (both TP-sharded), q/k RMSNorm
+    (``head_dim`` each, replicated), input RMSNorm. MLP: SwiGLU ``fc1`` [2F, H] and ``fc2``
+    [H, F] (TP-sharded) and the pre-MLP RMSNorm; for MoE, a replicated router [E, H] and
+    ``E/EP`` local experts of width ``moe_ffn_hidden_size`` (no TP, no shared expert).
+    """
+    h, d = model.hidden_size, model.head_dim
+    qkv = _qkv_width(model)
+    dense = _split(qkv, tp) * h + h * _split(model.num_attention_heads * d, tp) + h
+    if model.qkv_bias:
+        dense += _split(qkv, tp)
+    if model.qk_norm:
+        dense += 2 * d
+    dense += h  # pre-MLP norm (fused into fc1 in the TE spec: the same count)
+    if not model.num_experts:
+        return ParamCount(dense + 3 * _split(model.ffn_hidden_size, tp) * h, 0)
+    dense += model.num_experts * h  # router
+    expert = _split(model.num_experts, ep) * 3 * model.moe_ffn_hidden_size * h
+    return ParamCount(dense, expert)
+
+
+def embedding_parameters(model: ModelConfig, tp: int = 1) -> int:
+    """Word-embedding rows per rank × hidden (vocabulary padded for ``tp``)."""
+    return model.padded_vocab_size(tp) // tp * model.hidden_size
+
+
+def head_parameters(model: ModelConfig, tp: int = 1, pp: int = 1) -> int:
+    """Final norm + output layer on the last stage: a value head [1, H], a vocabulary
+    projection (untied), or the tied copy of the embedding the last stage keeps when PP > 1."""
+    h = model.hidden_size
+    if model.value_head:
+        return h + h
+    if model.tie_word_embeddings and pp == 1:
+        return h
+    return h + embedding_parameters(model, tp)
+
+
+def stage_parameters(model: ModelConfig, parallel: ParallelConfig, stage: int) -> ParamCount:
+    """Parameters on one GPU of pipeline stage ``stage`` under ``parallel``."""
+    tp, pp = parallel.tensor_parallel_size, parallel.pipeline_parallel_size
+    layer = layer_parameters(model, tp, parallel.expert_parallel_size)
+    layers = model.num_layers // pp
+    dense = layers * layer.dense
+    if stage == 0:
+        dense += embedding_parameters(model, tp)
+    if stage == pp - 1:
+        dense += head_parameters(model, tp, pp)
+    return ParamCount(dense, layers * layer.expert)
+
+
+def count_parameters(model: ModelConfig) -> dict[str, int]:
+    """Whole-model parameter counts (elements, unpadded layout: TP = PP = EP = 1).
+
+    Keys: ``total``; ``embedding`` (input embedding plus an untied vocabulary output
+    layer); ``non_embedding``; ``active`` (per token: only ``top-k`` of the routed experts);
+    ``expert`` (all routed-expert weights).
+    """
+    whole = stage_parameters(model, ParallelConfig(), 0)
+    embedding = embedding_parameters(model)
+    if not model.tie_word_embeddings and not model.value_head:
+        embedding *= 2
+    expert_each = 3 * model.moe_ffn_hidden_size * model.hidden_size
+    inactive = model.num_layers * (model.num_experts - model.moe_router_topk) * expert_each \
+        if model.num_experts else 0
+    return {"total": whole.total, "embedding": embedding,
+            "non_embedding": whole.total - embedding, "active": whole.total - inactive,
+            "expert": whole.expert}
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def _expert_dp(parallel: ParallelConfig, dp: int) -> int:
+    """Ranks holding one copy of each expert shard (ETP = 1): TP·CP·DP / EP."""
+    return parallel.tensor_parallel_size * parallel.context_parallel_size * dp // \
+        parallel.expert_parallel_size
+
+
+def _check_model_layout(model: ModelConfig, parallel: ParallelConfig, section: str) -> None:
+    """The divisibility the policy's RunConfig checks, for another model (the discriminator)."""
+    tp, pp = parallel.tensor_parallel_size, parallel.pipeline_parallel_size
+    field = f"{section}.parallel"
+    if model.num_attention_heads % tp:
+        raise ConfigError(f"{field}.tensor_parallel_size", f"{tp} does not divide "
+                          f"{section}.model.num_attention_heads={model.num_attention_heads}")
+    if model.num_query_groups % tp and tp % model.num_query_groups:
+        raise ConfigError(f"{field}.tensor_parallel_size", f"{tp} and {section}.model."
+                          f"num_query_groups={model.num_query_groups} must divide one another")
+    if model.num_layers % pp:
+        raise ConfigError(f"{field}.pipeline_parallel_size",
+                          f"{pp} does not divide {section}.model.num_layers={model.num_layers}")
+    ep = parallel.expert_parallel_size
+    if ep > 1 and model.num_experts % ep:
+        raise ConfigError(f"{field}.expert_parallel_size",
+                          f"{ep} does not divide {section}.model.num_experts={model.num_experts}")
+
+
+def _stage_batches(cfg: UniaplConfig, dp: int) -> list[dict[str, Any]]:
+    """Rows per optimizer step of each stage, and micro-batches per DP rank (worst case:
+    every row at its longest, ``micro_batch_tokens // row_tokens`` rows per micro-batch)."""
+    prompts = cfg.prompts_per_step
+    g = cfg.rollout.samples_per_prompt
+    g_sft = cfg.sft_samples_per_prompt or g
+    out = []
+    for stage in cfg.resolved_stages():
+        n_sft = math.ceil(stage.expert_fraction(cfg.data.expert_fraction) * prompts)
+        n_pref = prompts - n_sft if stage.has_pref else 0
+        pref_rollouts = n_pref * g
+        sft_rollouts = n_sft * g_sft if stage.needs_sft_rollouts else 0
+        rollout_tokens = cfg.rollout.sampling.max_new_tokens if (pref_rollouts or sft_rollouts) \
+            else 0
+        row_tokens = cfg.data.max_prompt_tokens + max(cfg.data.max_response_tokens if n_sft
+                                                      else 0, rollout_tokens)
+        rows = n_sft + pref_rollouts + sft_rollouts
+        per_rank = math.ceil(rows / dp)
+        per_micro = max(1, cfg.data.micro_batch_tokens // row_tokens)
+        out.append({"name": stage.name, "objective": stage.objective, "steps": stage.steps,
+                    "sft_rows": n_sft, "pref_prompts": n_pref,
+                    "samples_per_prompt": g, "sft_samples_per_prompt": g_sft,
+                    "pref_rollouts": pref_rollouts, "sft_rollouts": sft_rollouts,
+                    "rollouts": pref_rollouts + sft_rollouts, "train_rows": rows,
+                    "rows_per_dp_rank": per_rank, "max_row_tokens": row_tokens,
+                    "micro_batches_per_dp_rank": math.ceil(per_rank / per_micro)})
+    return out
+
+
+def _discriminator_layout(cfg: UniaplConfig, world_size: int) -> dict[str, Any]:
+    disc = cfg.discriminator
+    needed = disc.enabled and any(s.needs_discriminator for s in cfg.resolved_stages())
+    par = disc.parallel
+    out: dict[str, Any] = {"role": disc.role, "needed": needed, "offload": disc.offload,
+                           "tp": par.tensor_parallel_size, "pp": par.pipeline_parallel_size,
+                           "ep": par.expert_parallel_size, "replicas": 0, "gpus": 0}
+    if not needed:
+        return out
+    try:
+        par.check_world_size(world_size)
+    except ConfigError as err:
+        raise err.within("discriminator") from None
+    _check_model_layout(disc.model, par, "discriminator")
+    out["replicas"] = world_size // par.model_parallel_size
+    out["gpus"] = world_size
+    return out
+
+
+def _rollout_layout(cfg: UniaplConfig, world_size: int, total_gpus: int) -> dict[str, Any]:
+    ro = cfg.rollout
+    gpus = ro.num_engines * ro.gpus_per_engine
+    out: dict[str, Any] = {
+        "engine": ro.engine, "placement": ro.placement, "num_engines": ro.num_engines,
+        "tp_each": ro.engine_tensor_parallel_size, "gpus": gpus, "engines_per_gpu": 0,
+        "gpu_memory_utilization": ro.vllm.gpu_memory_utilization if ro.engine == "vllm" else 0.0,
+        "sleep_mode": ro.engine == "vllm" and ro.vllm.enable_sleep_mode,
+        "needed": cfg.any_rl}
+    if not gpus:
+        return out  # the torch engine runs on CPUs
+    if ro.placement == "colocated":
+        if gpus > world_size:
+            raise ConfigError("rollout.num_engines",
+                              f"{ro.num_engines} colocated engines × TP "
+                              f"{ro.engine_tensor_parallel_size} need {gpus} GPUs but the "
+                              f"trainer has {world_size}")
+        out["engines_per_gpu"] = 1
+    elif world_size + gpus > total_gpus:
+        raise ConfigError("rollout.placement",
+                          f"disaggregated engines need {gpus} GPUs besides the trainer's "
+                          f"{world_size}, but only {total_gpus} GPUs are available; use "
+                          f"placement colocated or pass total_gpus >= {world_size + gpus}")
+    return out
+
+
+def plan_layout(cfg: UniaplConfig, world_size: int, *,
+                total_gpus: int | None = None) -> dict[str, Any]:
+    """The parallel layout of ``cfg`` on ``world_size`` trainer GPUs.
+
+    Args:
+        cfg: the run config.
+        world_size: trainer processes (one GPU each), e.g. ``nnodes × nproc_per_node``.
+        total_gpus: GPUs in the whole job (trainer + disaggregated engines); None:
+            ``world_size`` (the launch's GPUs are all there are).
+    Returns:
+        ``{"world_size", "total_gpus", "trainer", "stages", "discriminator", "reference",
+        "rollout"}`` (see :func:`format_report` for what each holds).
+    Raises:
+        ConfigError: one line naming the field when the GPUs cannot host the layout.
+    """
+    if world_size < 1:
+        raise ConfigError("world_size", f"must be >= 1, got {world_size}")
+    total_gpus = world_size if total_gpus is None else total_gpus
+    cfg.check_world_size(world_size)
+    par, model = cfg.parallel, cfg.model
+    dp = world_size // par.model_parallel_size
+    experts = model.num_experts
+    trainer = {
+        "gpus": world_size, "tp": par.tensor_parallel_size, "pp": par.pipeline_parallel_size,
+        "cp": par.context_parallel_size, "ep": par.expert_parallel_size, "dp": dp,
+        "expert_dp": _expert_dp(par, dp) if experts else dp * par.context_parallel_size,
+        "sequence_parallel": par.sequence_parallel,
+        "layers_per_stage": model.num_layers // par.pipeline_parallel_size,
+        "experts_per_rank": experts // par.expert_parallel_size if experts else 0,
+        "distributed_optimizer": cfg.optimizer.use_distributed_optimizer,
+        "params_dtype": model.params_dtype,
+    }
+    stages = _stage_batches(cfg, dp)
+    needs_ref = any(s.needs_reference for s in cfg.resolved_stages())
+    layout = {
+        "world_size": world_size, "total_gpus": total_gpus, "trainer": trainer,
+        "stages": stages,
+        "discriminator": _discriminator_layout(cfg, world_size),
+        "reference": {"needed": needs_ref, "offload": cfg.reference.offload},
+        "rollout": _rollout_layout(cfg, world_size, total_gpus),
+    }
+    logger.debug("planned layout: %s", layout)
+    return layout
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def activation_bytes_per_token(model: ModelConfig, parallel: ParallelConfig) -> float:
+    """Activation bytes one transformer layer keeps per token for backward (one GPU).
+
+    Korthikanti et al. 2022 (§4.1) count the tensors autograd saves; redone for this
+    architecture with flash attention (saves q, k, v, output; no ``5·a·s/h`` score term),
+    no dropout and no recomputation, in elements of ``params_dtype``:
+
+    - attention: input-norm input ``H``, QKV input ``H``, q/k/v ``(nh + 2·ng)·d``, qk-norm
+      inputs ``(nh + ng)·d``, attention output ``nh·d`` (also the projection's input);
+    - MLP: pre-MLP-norm input ``H``, fc1 input ``H``, fc1 output ``2F``, SwiGLU output ``F``;
+    - MoE instead of the dense MLP: pre-MLP-norm input ``H``, router/dispatch input ``H``,
+      fp32 router logits and probabilities ``2E`` (× 4 bytes), and per routed copy (``k``
+      per token) the permuted input ``H``, fc1 output ``2I``, SwiGLU output ``I`` and the
+      fc2 output ``H`` kept for the weighted combine.
+
+    Without sequence parallelism the ``H``-sized tensors are replicated on every TP rank;
+    everything else is divided by TP (routed tokens are split over the TP ranks, as
+    Megatron's all-to-all dispatcher does with ETP = 1).
+    """
+    tp = parallel.tensor_parallel_size
+    width = DTYPE_BYTES[model.params_dtype]
+    h, d = model.hidden_size, model.head_dim
+    nh, ng = model.num_attention_heads, model.num_query_groups
+    replicated = 4 * h  # two norm inputs, QKV input, fc1 / router input
+    sharded = (nh + 2 * ng) * d + nh * d + ((nh + ng) * d if model.qk_norm else 0)
+    fp32 = 0
+    if model.num_experts:
+        i = model.moe_ffn_hidden_size
+        sharded += model.moe_router_topk * (2 * h + 3 * i)
+        fp32 = 2 * model.num_experts
+    else:
+        sharded += 3 * model.ffn_hidden_size
+    if parallel.sequence_parallel:
+        replicated = replicated / tp
+    return width * (replicated + sharded / tp) + 4 * fp32
+
+
+def _trainable_bytes(params: ParamCount, dtype: str, distributed: bool, dense_dp: int,
+                     expert_dp: int) -> tuple[float, float, float]:
+    """(parameter, gradient, optimizer) bytes of a trained model on one GPU."""
+    width = DTYPE_BYTES[dtype]
+    per_param = ADAM_BYTES + (MASTER_BYTES if width < 4 else 0)
+    dense_share = dense_dp if distributed else 1
+    expert_share = expert_dp if distributed else 1
+    optimizer = per_param * (params.dense / dense_share + params.expert / expert_share)
+    return params.total * width, params.total * GRAD_BYTES, optimizer
+
+
+def _logits_bytes(model: ModelConfig, tp: int, tokens: float, chunk: int) -> tuple[float, float]:
+    """(logits kept for backward, chunked log-prob working set) on the last stage."""
+    if model.value_head:
+        return 0.0, 0.0
+    v_local = model.padded_vocab_size(tp) // tp
+    kept = tokens * v_local * LOGITS_BYTES
+    if model.padded_vocab_size(tp) > model.vocab_size:
+        kept += tokens * v_local * 4  # the masked copy of the padded vocabulary
+    return kept, min(chunk, tokens) * v_local * 4 * LOGPROB_CHUNK_BUFFERS
+
+
+@dataclass
+class _Item:
+    name: str
+    training: float  # bytes
+    generation: float  # bytes
+    note: str = ""
+
+
+def _policy_items(cfg: UniaplConfig, layout: dict[str, Any], stage: int) -> list[_Item]:
+    """Policy + reference items of one pipeline stage."""
+    t = layout["trainer"]
+    model, par = cfg.model, cfg.parallel
+    params = stage_parameters(model, par, stage)
+    dist_opt = cfg.optimizer.use_distributed_optimizer
+    p_bytes, g_bytes, o_bytes = _trainable_bytes(params, model.params_dtype, dist_opt,
+                                                 t["dp"] * t["cp"], t["expert_dp"])
+    micro = max(s["micro_batches_per_dp_rank"] for s in layout["stages"])
+    in_flight = min(t["pp"] - stage, micro)
+    tokens = cfg.data.micro_batch_tokens / t["cp"]
+    act = activation_bytes_per_token(model, par) * tokens * t["layers_per_stage"] * in_flight
+    logits, chunk = (_logits_bytes(model, t["tp"], tokens, cfg.loss.logprob_chunk_tokens)
+                     if stage == t["pp"] - 1 else (0.0, 0.0))
+    ref = layout["reference"]
+    ref_bytes = p_bytes if ref["needed"] and not ref["offload"] else 0.0
+    shard = f"/{t['dp'] * t['cp']} DP" if dist_opt else "unsharded"
+    if params.expert and dist_opt:
+        shard += f", experts /{t['expert_dp']} expert-DP"
+    dtype = model.params_dtype
+    ref_note = "offloaded to host" if ref["offload"] else "frozen, params only"
+    return [
+        _Item("policy parameters", p_bytes, p_bytes,
+              f"{params.total / 1e9:.3f} B params in {dtype}"),
+        _Item("policy gradients", g_bytes, g_bytes, "fp32 DDP buffers"),
+        _Item("optimizer state", o_bytes, o_bytes,
+              ("fp32 master + " if DTYPE_BYTES[dtype] < 4 else "") + f"Adam m, v; {shard}"),
+        _Item("activations", act, 0.0,
+              f"{in_flight} micro-batch(es) × {t['layers_per_stage']} layers × "
+              f"{tokens:.0f} tokens"),
+        _Item("logits + log-prob chunks", logits + chunk, 0.0,
+              "last stage" if logits + chunk else "not on this stage"),
+        _Item("reference model", ref_bytes, ref_bytes,
+              ref_note if ref["needed"] else "not needed"),
+    ]
+
+
+def _discriminator_item(cfg: UniaplConfig, layout: dict[str, Any]) -> _Item:
+    """The discriminator's heaviest pipeline stage on one GPU (frozen or trainable)."""
+    info = layout["discriminator"]
+    disc = cfg.discriminator
+    if not info["needed"]:
+        return _Item("discriminator", 0.0, 0.0, "not needed")
+    par, model = disc.parallel, disc.model
+    stages = [stage_parameters(model, par, s) for s in range(par.pipeline_parallel_size)]
+    params = max(stages, key=lambda p: p.total)
+    where = f"TP {info['tp']} × PP {info['pp']}"
+    if disc.role == "frozen":
+        if disc.offload:
+            return _Item("discriminator", 0.0, 0.0, "frozen, offloaded to host")
+        size = params.total * DTYPE_BYTES[model.params_dtype]
+        return _Item("discriminator", size, size, f"frozen, params only, {where}")
+    dp = info["replicas"]
+    p_bytes, g_bytes, o_bytes = _trainable_bytes(
+        params, model.params_dtype, disc.optimizer.use_distributed_optimizer,
+        dp * par.context_parallel_size, _expert_dp(par, dp) if model.num_experts else dp)
+    act = activation_bytes_per_token(model, par) * disc.max_tokens / \
+        par.context_parallel_size * (model.num_layers // par.pipeline_parallel_size)
+    static = p_bytes + g_bytes + o_bytes
+    return _Item("discriminator", static + act, static,
+                 f"trainable: params + grads + optimizer + {disc.max_tokens}-token "
+                 f"activations, {where}")
+
+
+def _engine_item(cfg: UniaplConfig, layout: dict[str, Any], gpu_bytes: float) -> _Item:
+    info = layout["rollout"]
+    if not info["needed"]:
+        return _Item("rollout engine", 0.0, 0.0, "no rollouts")
+    if info["engine"] != "vllm":
+        return _Item("rollout engine", 0.0, 0.0, "torch engine on CPU")
+    if info["placement"] == "disaggregated":
+        return _Item("rollout engine", 0.0, 0.0, f"disaggregated on {info['gpus']} own GPUs")
+    awake = info["engines_per_gpu"] * info["gpu_memory_utilization"] * gpu_bytes
+    if info["sleep_mode"]:
+        return _Item("rollout engine", ENGINE_ASLEEP_GIB * GIB, awake,
+                     f"vLLM {info['gpu_memory_utilization']:.2f} × GPU awake, CUDA context "
+                     "asleep")
+    return _Item("rollout engine", awake, awake,
+                 f"vLLM {info['gpu_memory_utilization']:.2f} × GPU, never asleep")
+
+
+def engine_weight_bytes(cfg: UniaplConfig) -> float:
+    """Policy weights one GPU of a vLLM engine holds (bytes): the whole model in
+    ``rollout.dtype`` split over ``engine_tensor_parallel_size``."""
+    return count_parameters(cfg.model)["total"] * DTYPE_BYTES[cfg.rollout.dtype] / \
+        cfg.rollout.engine_tensor_parallel_size
+
+
+def _warnings(cfg: UniaplConfig, layout: dict[str, Any], training: float, generation: float,
+              gpu_bytes: float) -> list[str]:
+    out = []
+    gib = gpu_bytes / GIB
+    if training > gpu_bytes:
+        hint = "raise TP/PP/EP, lower data.micro_batch_tokens"
+        if not cfg.optimizer.use_distributed_optimizer:
+            hint += ", enable optimizer.use_distributed_optimizer"
+        if layout["reference"]["needed"] and not cfg.reference.offload:
+            hint += ", set reference.offload"
+        out.append(f"training phase needs {training / GIB:.1f} GiB > {gib:.0f} GiB: {hint}")
+    if generation > gpu_bytes:
+        out.append(f"generation phase needs {generation / GIB:.1f} GiB > {gib:.0f} GiB: lower "
+                   "rollout.vllm.gpu_memory_utilization, offload the reference / "
+                   "discriminator, or use disaggregated engines")
+    peak = max(training, generation)
+    if HEADROOM_FRACTION * gpu_bytes < peak <= gpu_bytes:
+        out.append(f"peak uses {peak / gpu_bytes:.0%} of the GPU: little headroom for "
+                   "allocator fragmentation")
+    ro = layout["rollout"]
+    if ro["needed"] and ro["engine"] == "vllm":
+        budget = ro["gpu_memory_utilization"] * gpu_bytes
+        weights = engine_weight_bytes(cfg)
+        if weights >= 0.9 * budget:
+            out.append(f"vLLM engine weights ({weights / GIB:.1f} GiB per GPU) leave no room "
+                       f"for the KV cache in its {budget / GIB:.1f} GiB budget: raise "
+                       "rollout.engine_tensor_parallel_size or gpu_memory_utilization")
+        if ro["placement"] == "colocated" and not ro["sleep_mode"]:
+            out.append("colocated vLLM engines without rollout.vllm.enable_sleep_mode keep "
+                       "their memory during training")
+    return out
+
+
+def estimate_memory(cfg: UniaplConfig, world_size: int, gpu_memory_gib: float = 80.0, *,
+                    total_gpus: int | None = None) -> dict[str, Any]:
+    """Per-GPU memory (GiB) of the training and generation phases, itemised.
+
+    The pipeline stage with the highest peak is reported (stage 0 holds the embedding and
+    the most in-flight micro-batches, the last stage the output layer and logits).
+
+    Returns:
+        ``{"gpu_memory_gib", "stage", "items": [{"name", "training", "generation",
+        "note"}], "training_gib", "generation_gib", "peak_gib", "peak_phase", "fraction",
+        "fits", "warnings", "stage_peaks_gib", "engine_weights_gib", "layout"}``.
+    Raises:
+        ConfigError: as :func:`plan_layout`.
+    """
+    layout = plan_layout(cfg, world_size, total_gpus=total_gpus)
+    gpu_bytes = gpu_memory_gib * GIB
+    shared = [_discriminator_item(cfg, layout), _engine_item(cfg, layout, gpu_bytes),
+              _Item("CUDA context + workspaces", CUDA_OVERHEAD_GIB * GIB,
+                    CUDA_OVERHEAD_GIB * GIB, "per process, estimate")]
+    per_stage = [_policy_items(cfg, layout, s) + shared
+                 for s in range(layout["trainer"]["pp"])]
+
+    def peak(items: list[_Item]) -> float:
+        return max(sum(i.training for i in items), sum(i.generation for i in items))
+
+    stage = max(range(len(per_stage)), key=lambda s: peak(per_stage[s]))
+    items = per_stage[stage]
+    training = sum(i.training for i in items)
+    generation = sum(i.generation for i in items)
+    top = max(training, generation)
+    return {
+        "gpu_memory_gib": gpu_memory_gib,
+        "stage": stage,
+        "items": [{"name": i.name, "training": i.training / GIB,
+                   "generation": i.generation / GIB, "note": i.note} for i in items],
+        "training_gib": training / GIB,
+        "generation_gib": generation / GIB,
+        "peak_gib": top / GIB,
+        "peak_phase": "training" if training >= generation else "generation",
+        "fraction": top / gpu_bytes,
+        "fits": top <= gpu_bytes,
+        "warnings": _warnings(cfg, layout, training, generation, gpu_bytes),
+        "stage_peaks_gib": [peak(s) / GIB for s in per_stage],
+        "engine_weights_gib": engine_weight_bytes(cfg) / GIB
+        if layout["rollout"]["engine"] == "vllm" else 0.0,
+        "params": count_parameters(cfg.model),
+        "layout": layout,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _billions(n: float) -> str:
+    return f"{n / 1e9:.3f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+
+def _layout_lines(layout: dict[str, Any], params: dict[str, int] | None) -> list[str]:
+    t = layout["trainer"]
+    lines = [f"Layout on {layout['world_size']} trainer GPU(s)"
+             + (f" of {layout['total_gpus']}" if layout["total_gpus"] != layout["world_size"]
+                else "")]
+    moe = (f"; EP {t['ep']} ({t['experts_per_rank']} experts/rank), expert-DP {t['expert_dp']}"
+           if t["experts_per_rank"] else "")
+    lines.append(f"  trainer        TP {t['tp']} × PP {t['pp']} × CP {t['cp']} → DP {t['dp']}"
+                 f"{moe}; {t['layers_per_stage']} layers/stage"
+                 + ("; sequence parallel" if t["sequence_parallel"] else ""))
+    if params:
+        active = f", {_billions(params['active'])} active" if params["active"] != \
+            params["total"] else ""
+        lines.append(f"  policy         {_billions(params['total'])} params "
+                     f"({_billions(params['non_embedding'])} non-embedding{active}), "
+                     f"{t['params_dtype']}")
+    for s in layout["stages"]:
+        parts = [f"{s['sft_rows']} SFT rows"]
+        if s["pref_prompts"]:
+            parts.append(f"{s['pref_prompts']} PREF prompts × {s['samples_per_prompt']} = "
+                         f"{s['pref_rollouts']} rollouts")
+        if s["sft_rollouts"]:
+            parts.append(f"{s['sft_rows']} SFT prompts × {s['sft_samples_per_prompt']} = "
+                         f"{s['sft_rollouts']} rollouts")
+        lines.append(f"  {s['name']:<14} {s['steps']} steps; {'; '.join(parts)}")
+        lines.append(f"  {'':<14} {s['train_rows']} rows/step → {s['rows_per_dp_rank']} per DP "
+                     f"rank → ≤ {s['micro_batches_per_dp_rank']} micro-batches "
+                     f"(rows ≤ {s['max_row_tokens']} tokens)")
+    ref = layout["reference"]
+    lines.append("  reference      " + ("not needed" if not ref["needed"] else
+                                       "frozen policy copy, same layout"
+                                       + (", offloaded" if ref["offload"] else "")))
+    d = layout["discriminator"]
+    lines.append("  discriminator  " + (f"{d['role']}: not needed" if not d["needed"] else
+                                       f"{d['role']}, TP {d['tp']} × PP {d['pp']}, "
+                                       f"{d['replicas']} replica(s) on the trainer's "
+                                       f"{d['gpus']} GPUs" + (", offloaded" if d["offload"]
+                                                             else "")))
+    r = layout["rollout"]
+    if not r["needed"]:
+        lines.append("  rollout        not needed")
+    elif r["engine"] == "torch":
+        lines.append(f"  rollout        torch, {r['num_engines']} engine(s) on CPU")
+    else:
+        lines.append(f"  rollout        vllm, {r['num_engines']} engine(s) × TP {r['tp_each']} = "
+                     f"{r['gpus']} GPUs, {r['placement']}"
+                     + (f", sleep mode on" if r["sleep_mode"] else ", sleep mode off"))
+    return lines
+
+
+def format_report(layout: dict[str, Any], memory: dict[str, Any]) -> str:
+    """A readable multi-line report: the layout, then the memory table in GiB."""
+    lines = _layout_lines(layout, memory.get("params"))
+    lines.append("")
+    lines.append(f"Memory per GPU, GiB (pipeline stage {memory['stage']}; "
+                 f"GPU {memory['gpu_memory_gib']:.0f} GiB)")
+    lines.append(f"  {'item':<26}{'training':>10}{'generation':>12}  note")
+    for item in memory["items"]:
+        lines.append(f"  {item['name']:<26}{item['training']:>10.2f}{item['generation']:>12.2f}"
+                     f"  {item['note']}")
+    lines.append(f"  {'total':<26}{memory['training_gib']:>10.2f}"
+                 f"{memory['generation_gib']:>12.2f}")
+    if memory.get("engine_weights_gib"):
+        lines.append(f"  vLLM weights per engine GPU: {memory['engine_weights_gib']:.2f} GiB")
+    verdict = "fits" if memory["fits"] else "DOES NOT FIT"
+    lines.append(f"Peak {memory['peak_gib']:.2f} GiB ({memory['peak_phase']}) = "
+                 f"{memory['fraction']:.0%} of {memory['gpu_memory_gib']:.0f} GiB: {verdict}")
+    for warning in memory["warnings"]:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def dry_run(cfg: UniaplConfig, world_size: int, gpu_memory_gib: float = 80.0, *,
+            total_gpus: int | None = None) -> str:
+    """The layout and memory report of ``cfg`` on ``world_size`` GPUs of
+    ``gpu_memory_gib`` GiB each (raises :class:`ConfigError` if the layout is impossible)."""
+    memory = estimate_memory(cfg, world_size, gpu_memory_gib, total_gpus=total_gpus)
+    return format_report(memory["layout"], memory)

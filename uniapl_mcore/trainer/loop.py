@@ -1,0 +1,429 @@
+"""The UniAPL training loop: build → (step → log → evaluate → checkpoint)* over the stages.
+
+Every rank runs :func:`run_training`. Global rank 0 also owns the :class:`Driver` (data,
+rollout engines, rewards, discriminator) and the metrics log; the other ranks receive each
+step's sequences by broadcast. One step, top to bottom (:meth:`Trainer.train_step`):
+
+    sample mixed batch → rollouts → rewards → discriminator scores (+ its update)
+    → advantages → [broadcast] → reference log-probs → loss + backward → optimizer
+    → weight sync to the engines
+
+Checkpoints (``<run_dir>/checkpoints/step_NNNNNN``, written to a temporary directory and
+renamed, ``latest`` updated last) hold the policy with its optimizer and LR schedule, the KL
+reference, the discriminator (and its optimizer), every rank's RNG states, and the trainer
+state (step, stage, weight version). Re-running on the same run directory resumes there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from uniapl_mcore.checkpoint.training_state import (
+    latest_checkpoint,
+    load_checkpoint,
+    staged_dir,
+    write_model_state,
+)
+from uniapl_mcore.config import ConfigError, dump_config
+from uniapl_mcore.losses import RowKind, step_denominators
+from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
+from uniapl_mcore.trainer.config import ResolvedStage, UniaplConfig
+from uniapl_mcore.trainer.experience import (
+    Sequence,
+    broadcast_sequences,
+    micro_batches,
+    pad_to_multiple,
+    shard_for_rank,
+    step_width,
+)
+from uniapl_mcore.trainer.forward import forward_logprobs
+from uniapl_mcore.trainer.megatron_setup import (
+    TrainableModel,
+    build_model_chunks,
+    build_optimizer,
+    build_scheduler,
+)
+from uniapl_mcore.trainer.policy_step import PolicyMicroBatch, policy_train_step
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.json"
+
+
+class PhaseTimer:
+    """Wall-clock seconds per phase of a step (``time/<phase>_s`` metrics)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{k}_s": v for k, v in self.seconds.items()}
+
+
+def _unwrap(chunk: Any) -> Any:
+    return getattr(chunk, "module", chunk)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (Python, NumPy, torch CPU, Megatron's model-parallel
+    tracker, CUDA when present)."""
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    state = {"random": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state(), "tracker": get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def run_training(cfg: UniaplConfig, run_dir: str | Path) -> list[dict[str, Any]]:
+    """Train (or resume) into ``run_dir``. Collective: every rank calls it. Returns the
+    records logged by this process (rank 0: every step's; others: empty)."""
+    from uniapl_mcore.runtime.dist_env import DistEnv
+
+    cfg.check_world_size(DistEnv.from_environ().world_size)
+    if cfg.loss.kl_in_reward:
+        raise ConfigError("loss.kl_in_reward", "not supported by the online trainer yet (the KL "
+                                               "is applied in the loss); set it to false")
+    layout = init_parallel(cfg.parallel, cfg.train.seed)
+    trainer = None
+    try:
+        trainer = Trainer(cfg, layout, Path(run_dir))
+        return trainer.run()
+    finally:
+        if trainer is not None:
+            trainer.close()
+        layout.destroy()
+
+
+class Trainer:
+    """State of one training run on this rank (see the module doc)."""
+
+    def __init__(self, cfg: UniaplConfig, layout: ParallelLayout, run_dir: Path) -> None:
+        self.cfg, self.layout, self.run_dir = cfg, layout, run_dir
+        self.stages = cfg.resolved_stages()
+        self.total_steps = cfg.total_steps
+        self.ckpt_root = run_dir / "checkpoints"
+        self.driver = self.log = None
+        if layout.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, run_dir / "config.yaml")
+            from uniapl_mcore.trainer.driver import Driver
+
+            self.driver = Driver(cfg, run_dir)
+        _barrier()
+        resume = latest_checkpoint(self.ckpt_root)
+        saved = json.loads((resume / TRAINER_STATE).read_text()) if resume else {}
+        self.step = int(saved.get("step", 0))
+        self.stage_index = int(saved.get("stage", 0))
+        stage = self.stages[self.stage_index]
+        self.policy = self._build_policy(stage)
+        self.reference = self._build_reference() if any(s.needs_reference
+                                                        for s in self.stages) else None
+        if resume is not None:
+            self._load(resume)
+        else:
+            self._initial_weights()
+        from uniapl_mcore.checkpoint.live_export import LiveExporter
+        from uniapl_mcore.trainer.rollouts import policy_bundle
+
+        self.exporter = LiveExporter([_unwrap(c) for c in self.policy.chunks], cfg.model,
+                                     policy_bundle(cfg.model), dst=0)
+        if layout.rank == 0:
+            from uniapl_mcore.trainer.metrics_log import MetricsLog
+
+            self.log = MetricsLog(run_dir, cfg.logging, self.total_steps, enabled=True,
+                                  run_config=cfg.to_dict())
+            self.log.open(self.step)
+        self.sync_weights()
+
+    # ------------------------------------------------------------------ building
+
+    def _build_policy(self, stage: ResolvedStage) -> TrainableModel:
+        chunks = build_model_chunks(self.cfg.model, self.cfg.parallel, self.layout,
+                                    stage.optimizer)
+        optimizer = build_optimizer(stage.optimizer, chunks)
+        return TrainableModel(chunks, optimizer,
+                              build_scheduler(stage.optimizer, optimizer, stage.steps),
+                              chunks[0].config)
+
+    def _build_reference(self) -> list[Any]:
+        from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
+
+        config = transformer_config(self.cfg.model, self.cfg.parallel)
+        module = build_gpt_model(self.cfg.model, config, pre_process=self.layout.is_first_stage,
+                                 post_process=self.layout.is_last_stage)
+        for param in module.parameters():
+            param.requires_grad_(False)
+        return [module]
+
+    def _initial_weights(self) -> None:
+        if self.cfg.init_checkpoint:
+            load_checkpoint(self.cfg.init_checkpoint, self.policy, include_optimizer=False)
+        self._reset_reference()
+
+    def _reset_reference(self) -> None:
+        """π_ref ← the current policy weights (the start of an RL stage)."""
+        if self.reference is None:
+            return
+        for ref, chunk in zip(self.reference, self.policy.chunks, strict=True):
+            ref.load_state_dict(_unwrap(chunk).state_dict(), strict=True)
+
+    def _begin_stage(self, stage: ResolvedStage) -> None:
+        """Hand-off: fresh optimizer and LR schedule at the stage's settings, π_ref reset."""
+        optimizer = build_optimizer(stage.optimizer, self.policy.chunks)
+        self.policy.optimizer = optimizer
+        self.policy.scheduler = build_scheduler(stage.optimizer, optimizer, stage.steps)
+        self.stage_index = stage.index
+        self._reset_reference()
+        logger.info("stage %d (%s) begins at step %d: lr %.2e, %d steps", stage.index,
+                    stage.name, self.step, stage.optimizer.lr, stage.steps)
+
+    def stage_at(self, step: int) -> ResolvedStage:
+        for stage in self.stages:
+            if step < stage.end_step:
+                return stage
+        return self.stages[-1]
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        if self.step == 0 and self.cfg.eval.at_start:
+            records += self._emit({"step": 0, **self.evaluate()})
+        while self.step < self.total_steps:
+            stage = self.stage_at(self.step)
+            if stage.index != self.stage_index:
+                self._begin_stage(stage)
+            start = time.perf_counter()
+            record = {"step": self.step + 1, **self.train_step(stage)}
+            record["perf/step_s"] = time.perf_counter() - start
+            if self._eval_due():
+                record.update(self.evaluate())
+            records += self._emit(record)
+            if self._checkpoint_due():
+                self.save()
+        if self.log is not None:
+            self._plot()
+        return records
+
+    def train_step(self, stage: ResolvedStage) -> dict[str, Any]:
+        """One optimizer step of ``stage`` (see the module doc); returns its metrics."""
+        timer = PhaseTimer()
+        metrics: dict[str, Any] = {"train/stage": float(stage.index),
+                                   "train/alpha": stage.loss.alpha_at(self.step
+                                                                      - stage.start_step)}
+        seqs = None
+        if self.driver is not None:  # sample → rollouts → rewards → discriminator → advantages
+            seqs, found = self.driver.collect(self.step, stage, timer)
+            metrics.update(found)
+        with timer("broadcast"):
+            seqs = broadcast_sequences(seqs)
+        batches = self._micro_batches(seqs)
+        if stage.needs_reference:
+            with timer("ref_logprobs"):
+                self._attach_reference_logprobs(batches)
+        with timer("train"):
+            denoms = step_denominators([b.loss_mask for b in batches],
+                                       [b.row_kind for b in batches],
+                                       stage.loss.max_response_tokens, self.layout.dp_group())
+            found = policy_train_step(self.policy, batches, denoms, stage.loss, self.layout,
+                                      step=self.step - stage.start_step,
+                                      temperature=self.cfg.rollout.sampling.temperature,
+                                      vocab_size=self.cfg.model.vocab_size)
+        self.step += 1
+        with timer("weight_sync"):
+            self.sync_weights()
+        metrics.update(self._to_rank0(found))
+        metrics["train/rows"] = float(sum(s.kind != RowKind.IGNORE for s in seqs))
+        metrics.update(timer.metrics())
+        return metrics
+
+    def _micro_batches(self, seqs: list[Sequence]) -> list[PolicyMicroBatch]:
+        mbs = self.cfg.train.micro_batch_size
+        padded = pad_to_multiple(seqs, mbs * self.layout.dp)
+        mine = shard_for_rank(padded, self.layout.dp_rank, self.layout.dp)
+        return micro_batches(mine, mbs, step_width(padded),
+                             explicit_mask=self.layout.device.type == "cpu")
+
+    def _attach_reference_logprobs(self, batches: list[PolicyMicroBatch]) -> None:
+        logps = forward_logprobs(self.reference, batches, self.layout, self.cfg.model.vocab_size,
+                                 self.cfg.rollout.sampling.temperature,
+                                 self.cfg.loss.logprob_chunk_tokens)
+        if logps is not None:
+            for batch, logp in zip(batches, logps, strict=True):
+                batch.ref_logp = logp
+
+    def sync_weights(self) -> None:
+        """Engines ← the policy's current weights, as version ``self.step`` (collective)."""
+        from uniapl_mcore.rollout.weight_sync import sync_from_megatron
+        from uniapl_mcore.trainer.rollouts import policy_bundle
+
+        pool = self.driver.rollout.pool if self.driver is not None else None
+        sync_from_megatron(pool, [_unwrap(c) for c in self.policy.chunks], self.cfg.model,
+                           policy_bundle(self.cfg.model), version=self.step,
+                           bucket_bytes=self.cfg.rollout.weight_sync.bucket_bytes,
+                           exporter=self.exporter)
+
+    def _to_rank0(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Metrics computed on the last pipeline stage, delivered to global rank 0."""
+        if self.layout.pp == 1:
+            return values
+        from megatron.core import parallel_state as mpu
+
+        payload = [values]
+        dist.broadcast_object_list(payload, src=mpu.get_pipeline_model_parallel_last_rank(),
+                                   group=mpu.get_pipeline_model_parallel_group())
+        return payload[0]
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _eval_due(self) -> bool:
+        interval = self.cfg.eval.interval_steps
+        return self.step == self.total_steps or bool(interval and self.step % interval == 0)
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out greedy generation, verified; mean log-probs of the responses and of the
+        teacher's under the policy; generations saved for ``uniapl analyze``."""
+        records, metrics, seqs = None, {}, None
+        if self.driver is not None:
+            records, metrics = self.driver.evaluate(self.step)
+            seqs = [Sequence(r["_prompt_ids"], r["_response_ids"], int(RowKind.PREF))
+                    for r in records]
+            seqs += [Sequence(r["_prompt_ids"], r["_teacher_ids"], int(RowKind.PREF))
+                     for r in records]
+        seqs = broadcast_sequences(seqs)
+        mbs = self.cfg.train.micro_batch_size
+        padded = pad_to_multiple(seqs, mbs)
+        batches = micro_batches(padded, mbs, step_width(padded),
+                                explicit_mask=self.layout.device.type == "cpu")
+        logps = forward_logprobs(self.policy.chunks, batches, self.layout,
+                                 self.cfg.model.vocab_size, 1.0,
+                                 self.cfg.loss.logprob_chunk_tokens)
+        means = None
+        if logps is not None:
+            logp, mask = torch.cat(logps), torch.cat([b.loss_mask for b in batches])
+            means = (logp.double().sum(-1) / mask.double().sum(-1).clamp(min=1)).tolist()
+        means = self._to_rank0(means) if self.layout.pp > 1 else means
+        if self.driver is None:
+            return {}
+        n = len(records)
+        for i, rec in enumerate(records):
+            rec["response_logprob_mean"] = means[i]
+            rec["teacher_logprob_mean"] = means[n + i]
+        if n:
+            metrics["eval/response_logprob_mean"] = sum(means[:n]) / n
+            metrics["eval/teacher_logprob_mean"] = sum(means[n:2 * n]) / n
+        if self.cfg.eval.save_generations:
+            self._write_generations(records)
+        return metrics
+
+    def _write_generations(self, records: list[dict[str, Any]]) -> None:
+        out = self.run_dir / "generations" / f"step_{self.step:06d}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".jsonl.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps({k: v for k, v in rec.items() if not k.startswith("_")},
+                                   ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+
+    # ------------------------------------------------------------------ logging
+
+    def _emit(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.log is None:
+            return []
+        self.log.log(record)
+        if any(k.startswith("eval/") for k in record):
+            self._plot()
+        return [record]
+
+    def _plot(self) -> None:
+        from uniapl_mcore.trainer.metrics_log import plot_reward_curve
+
+        plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint_due(self) -> bool:
+        ck = self.cfg.checkpoint
+        at_end = self.step == self.total_steps and ck.save_at_end
+        return at_end or bool(ck.save_interval_steps and self.step % ck.save_interval_steps == 0)
+
+    def save(self) -> Path:
+        """Collective: the whole training state as ``checkpoints/step_NNNNNN`` (atomic)."""
+        ck = self.cfg.checkpoint
+        subdirs = ("policy", "rng") + (("reference",) if self.reference is not None else ())
+        with staged_dir(self.ckpt_root, self.step, ck.keep_last, subdirs) as tmp:
+            write_model_state(tmp / "policy", self.policy, True, {"stage": self.stage_index},
+                              self.step)
+            if self.reference is not None:
+                write_model_state(tmp / "reference",
+                                  TrainableModel(self.reference, None, None, None), False)
+            torch.save(rng_state(), tmp / "rng" / f"rank_{self.layout.rank:05d}.pt")
+            if self.driver is not None:
+                if self.driver.disc is not None:
+                    self.driver.disc.save(str(tmp / "discriminator"))
+                state = {"step": self.step, "stage": self.stage_index,
+                         "weight_version": self.step, "world_size": self.layout.world_size,
+                         "samplers": {str(i): s.state_dict() for i, s in
+                                      self.driver.samplers.items()}}
+                (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1))
+        return self.ckpt_root / f"step_{self.step:06d}"
+
+    def _load(self, path: Path) -> None:
+        load_checkpoint(path / "policy", self.policy)
+        if self.reference is not None:
+            load_checkpoint(path / "reference",
+                            TrainableModel(self.reference, None, None, None),
+                            include_optimizer=False)
+        if self.driver is not None and self.driver.disc is not None:
+            self.driver.disc.load(str(path / "discriminator"))
+        rng_file = path / "rng" / f"rank_{self.layout.rank:05d}.pt"
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        else:
+            logger.warning("%s: no RNG state for rank %d (world size changed?)", path,
+                           self.layout.rank)
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+        if self.driver is not None:
+            self.driver.shutdown()
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,117 @@
+"""Rank 0's generation side: the policy's HF directory, Ray, the engine pool, weight sync."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from uniapl_mcore.config import ConfigError, ModelConfig
+from uniapl_mcore.rollout.config import RolloutConfig
+from uniapl_mcore.rollout.types import GenerationRequest, GenerationResult, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+def hf_config_dict(model: ModelConfig, eos_token_id: int, pad_token_id: int) -> dict[str, Any]:
+    """The Hugging Face ``config.json`` of a Qwen3 / Qwen3-MoE policy described by ``model``."""
+    if not model.qk_norm:
+        raise ConfigError("model.qk_norm", "the rollout engines load the policy as Qwen3, which "
+                                           "has q/k norms; set qk_norm: true")
+    config: dict[str, Any] = {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+        "vocab_size": model.vocab_size, "hidden_size": model.hidden_size,
+        "intermediate_size": model.ffn_hidden_size, "num_hidden_layers": model.num_layers,
+        "num_attention_heads": model.num_attention_heads,
+        "num_key_value_heads": model.num_query_groups, "head_dim": model.head_dim,
+        "max_position_embeddings": model.max_position_embeddings,
+        "rope_theta": model.rope_theta, "rms_norm_eps": model.rms_norm_eps,
+        "tie_word_embeddings": model.tie_word_embeddings, "attention_bias": model.qkv_bias,
+        "hidden_act": "silu", "eos_token_id": eos_token_id, "pad_token_id": pad_token_id,
+        "torch_dtype": model.params_dtype, "use_cache": True,
+    }
+    if model.num_experts:
+        config.update({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+                       "num_experts": model.num_experts,
+                       "num_experts_per_tok": model.moe_router_topk,
+                       "moe_intermediate_size": model.moe_ffn_hidden_size,
+                       "norm_topk_prob": model.moe_norm_topk_prob, "decoder_sparse_step": 1,
+                       "mlp_only_layers": []})
+    return config
+
+
+def write_policy_hf_dir(model: ModelConfig, tokenizer, eos_token_id: int, out: Path) -> Path:
+    """``out`` with the policy's ``config.json`` and the tokenizer (no weights: the engines
+    start empty and receive every version by weight sync)."""
+    out.mkdir(parents=True, exist_ok=True)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id
+    tmp = out / "config.json.tmp"
+    tmp.write_text(json.dumps(hf_config_dict(model, eos_token_id, pad), indent=2))
+    os.replace(tmp, out / "config.json")
+    (out / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": eos_token_id, "pad_token_id": pad}))
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def policy_bundle(model: ModelConfig):
+    """The converter bundle that names the policy's tensors the HF way."""
+    from uniapl_mcore.models.qwen3 import QWEN3, QWEN3_MOE
+
+    return QWEN3_MOE if model.num_experts else QWEN3
+
+
+def ensure_ray(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` ("auto": the local node's), or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+                 num_cpus=max(2, os.cpu_count() or 2))
+
+
+class RolloutService:
+    """The engine pool (rank 0 only) for a policy whose HF directory is ``hf_dir``."""
+
+    def __init__(self, cfg: RolloutConfig, hf_dir: Path, ray_address: str | None) -> None:
+        from uniapl_mcore.rollout.pool import EnginePool, default_spec
+
+        ensure_ray(ray_address)
+        options: dict[str, Any] = {"dtype": cfg.dtype}
+        if cfg.engine == "torch":
+            options.update(max_batch_rows=cfg.max_batch_rows,
+                           num_threads=max(1, int(cfg.cpus_per_engine) or 1))
+        else:
+            options.update(tensor_parallel_size=cfg.engine_tensor_parallel_size)
+        placement = cfg.placement_spec() if cfg.engine == "vllm" else None
+        self.cfg = cfg
+        self.pool = EnginePool(
+            default_spec(hf_dir, kind=cfg.engine, load_checkpoint=False, **options),
+            cfg.num_engines, cpus_per_engine=cfg.cpus_per_engine if placement is None else 0,
+            gpus_per_engine=cfg.gpus_per_engine if placement is None else 0,
+            requests_per_call=cfg.requests_per_call, max_retries=cfg.max_retries,
+            keep_weights_for_restart=cfg.weight_sync.keep_weights_for_restart,
+            call_timeout_s=cfg.call_timeout_s, placement=placement)
+
+    def generate(self, prompts: Sequence[Sequence[int]], n: int, seeds: Sequence[int],
+                 temperature: float | None = None, max_tokens: int | None = None
+                 ) -> list[GenerationResult]:
+        """``n`` samples for each prompt (prompt ``i`` sampled with ``seeds[i]``)."""
+        s = self.cfg.sampling
+        requests = [GenerationRequest(tuple(p), SamplingParams(
+            n=n, temperature=s.temperature if temperature is None else temperature,
+            top_p=s.top_p, top_k=s.top_k,
+            max_tokens=s.max_new_tokens if max_tokens is None else max_tokens,
+            stop=tuple(s.stop), stop_token_ids=tuple(s.stop_token_ids), seed=int(seed)),
+            str(i)) for i, (p, seed) in enumerate(zip(prompts, seeds, strict=True))]
+        return self.pool.generate(requests) if requests else []
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
