@@ -342,12 +342,37 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _over_section_default(f: dataclasses.Field, value: dict[str, Any]) -> dict[str, Any]:
+    """A section given partially keeps the *containing* class's defaults for the rest (a
+    config whose ``model`` default is a tiny policy stays that policy when one field of
+    ``model`` is overridden), not the section class's own defaults."""
+    if f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        return value
+    default = f.default_factory()  # type: ignore[misc]
+    if not dataclasses.is_dataclass(default):
+        return value
+    return _deep_merge(dataclasses.asdict(default), value)
+
+
 def build_dataclass(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Strictly build dataclass ``cls`` from a mapping; errors name the dotted field."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    names = list(fields)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
+        if key in fields and isinstance(value, dict):
+            value = _over_section_default(fields[key], value)
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)

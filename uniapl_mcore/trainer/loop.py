@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from uniapl_mcore.checkpoint.training_state import (
     write_model_state,
 )
 from uniapl_mcore.config import ConfigError, dump_config
-from uniapl_mcore.losses import RowKind, step_denominators
+from uniapl_mcore.losses import RowKind, objective_weights, step_denominators
 from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
 from uniapl_mcore.trainer.config import ResolvedStage, UniaplConfig
 from uniapl_mcore.trainer.experience import (
@@ -104,6 +105,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     get_cuda_rng_tracker().set_states(state["tracker"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def fault_point(point: str, step: int) -> None:
+    """Fault injection for the kill-and-resume tests: ``UNIAPL_FAULT=<point>:<step>`` makes
+    this process SIGKILL itself when it reaches ``point`` at ``step`` (``step``: mid-step,
+    after the optimizer update; ``checkpoint``: while the checkpoint is half written)."""
+    if os.environ.get("UNIAPL_FAULT") == f"{point}:{step}":
+        import signal
+
+        logger.warning("UNIAPL_FAULT: killing this process at %s %d", point, step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_training(cfg: UniaplConfig, run_dir: str | Path) -> list[dict[str, Any]]:
@@ -240,9 +252,9 @@ class Trainer:
     def train_step(self, stage: ResolvedStage) -> dict[str, Any]:
         """One optimizer step of ``stage`` (see the module doc); returns its metrics."""
         timer = PhaseTimer()
+        weights = objective_weights(stage.loss, self.step - stage.start_step)
         metrics: dict[str, Any] = {"train/stage": float(stage.index),
-                                   "train/alpha": stage.loss.alpha_at(self.step
-                                                                      - stage.start_step)}
+                                   **{f"train/weight_{k}": v for k, v in asdict(weights).items()}}
         seqs = None
         if self.driver is not None:  # sample → rollouts → rewards → discriminator → advantages
             seqs, found = self.driver.collect(self.step, stage, timer)
@@ -262,6 +274,7 @@ class Trainer:
                                       temperature=self.cfg.rollout.sampling.temperature,
                                       vocab_size=self.cfg.model.vocab_size)
         self.step += 1
+        fault_point("step", self.step)
         with timer("weight_sync"):
             self.sync_weights()
         metrics.update(self._to_rank0(found))
@@ -391,6 +404,7 @@ class Trainer:
                 write_model_state(tmp / "reference",
                                   TrainableModel(self.reference, None, None, None), False)
             torch.save(rng_state(), tmp / "rng" / f"rank_{self.layout.rank:05d}.pt")
+            fault_point("checkpoint", self.step)
             if self.driver is not None:
                 if self.driver.disc is not None:
                     self.driver.disc.save(str(tmp / "discriminator"))
