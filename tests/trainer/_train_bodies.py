@@ -14,7 +14,7 @@ TINY = [
     "eval.interval_steps=0", "train.micro_batch_size=4", "data.max_response_tokens=48",
     "model.num_layers=2", "model.hidden_size=64", "model.ffn_hidden_size=128",
     "model.head_dim=16", "logging.tensorboard=false", "checkpoint.keep_last=3",
-    "discriminator.batch_size=8",
+    "discriminator.batch_size=8", "discriminator.update_every_steps=1",
 ]
 
 #: Metrics that measure wall-clock time (differ between otherwise identical runs).

@@ -33,6 +33,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
                             "memory estimate, and exit (no hardware needed)")
     train.add_argument("--gpu-memory-gib", type=float, default=80.0,
                        help="GPU memory for the --dry-run estimate (default 80)")
+    train.add_argument("--total-gpus", type=int,
+                       help="GPUs in the job incl. disaggregated rollout engines (for --dry-run; "
+                            "default: the trainer's)")
     train.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     train.add_argument("overrides", nargs="*", metavar="key.sub=value",
                        help="config overrides, e.g. parallel.tensor_parallel_size=2")
@@ -63,7 +66,8 @@ def train_command(args: argparse.Namespace) -> int:
 
         nproc = args.nproc_per_node or (env.world_size if env.launched else
                                         config.parallel.model_parallel_size)
-        print(dry_run(config, args.nnodes * nproc, args.gpu_memory_gib))
+        print(dry_run(config, args.nnodes * nproc, args.gpu_memory_gib,
+                      total_gpus=args.total_gpus))
         return 0
     run_dir = str(args.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     if env.launched:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from uniapl_mcore.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig, check
-from uniapl_mcore.data.config import DataConfig
+from uniapl_mcore.data.config import DataConfig, ToyTaskConfig
 from uniapl_mcore.discriminator.config import DiscriminatorConfig
 from uniapl_mcore.losses.config import OBJECTIVES, LossConfig
 from uniapl_mcore.rewards.config import RewardConfig
@@ -32,7 +32,7 @@ def _toy_policy() -> ModelConfig:
 
 
 def _toy_train() -> TrainConfig:
-    return TrainConfig(max_steps=240, seed=1234, micro_batch_size=8, global_batch_size=8,
+    return TrainConfig(max_steps=200, seed=1234, micro_batch_size=8, global_batch_size=8,
                        seq_length=512)
 
 
@@ -95,7 +95,7 @@ class EvalConfig:
         save_generations: write ``<run_dir>/generations/step_NNNNNN.jsonl``.
     """
 
-    interval_steps: int = 40
+    interval_steps: int = 50
     at_start: bool = True
     max_prompts: int | None = 100
     max_new_tokens: int = 192
@@ -128,17 +128,18 @@ class UniaplConfig(RunConfig):
 
     model: ModelConfig = field(default_factory=_toy_policy)
     optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig(lr=2e-3, warmup_steps=10,
-                                                lr_decay_style="cosine", min_lr=2e-4))
+        default_factory=lambda: OptimizerConfig(lr=3e-3, warmup_steps=10,
+                                                lr_decay_style="cosine", min_lr=3e-4))
     train: TrainConfig = field(default_factory=_toy_train)
-    loss: LossConfig = field(default_factory=lambda: LossConfig(objective="uniapl", alpha=0.5,
-                                                                lambda_adv=1e-2))
+    loss: LossConfig = field(default_factory=lambda: LossConfig(
+        objective="uniapl", alpha=0.5, lambda_adv=1e-2, adv_on_sft_rows=False))
     data: DataConfig = field(default_factory=lambda: DataConfig(
-        expert_fraction=0.5, max_prompt_tokens=256, max_response_tokens=256,
-        micro_batch_tokens=4096))
+        expert_fraction=0.875, max_prompt_tokens=256, max_response_tokens=256,
+        micro_batch_tokens=4096, toy=ToyTaskConfig(max_constraints=2)))
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(num_workers=0))
     rollout: RolloutConfig = field(default_factory=_toy_rollout)
-    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    discriminator: DiscriminatorConfig = field(
+        default_factory=lambda: DiscriminatorConfig(update_every_steps=4))
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

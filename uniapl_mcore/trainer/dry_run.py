@@ -26,8 +26,10 @@ Assumptions (each is a documented constant or formula below):
   master copy when params are bf16/fp16 — sharded over the data-parallel group (dense
   params, CP included) or the expert-data-parallel group (expert params) when
   ``optimizer.use_distributed_optimizer``;
-- experts are never tensor-parallel (``expert_tensor_parallel_size=1``), so
-  expert-data-parallel = TP·CP·DP / EP;
+- experts are split over TP like the dense MLP: :func:`uniapl_mcore.runtime.parallel.
+  init_parallel` leaves Megatron's ``expert_tensor_parallel_size`` at its default (= TP),
+  and the parallel state, not ``TransformerConfig``, decides the expert shards. So
+  expert-data-parallel = CP·DP / EP (:func:`expert_tensor_parallel_size`);
 - activations: no recomputation, flash attention (no s² term), no dropout — the per-tensor
   accounting of Korthikanti et al. 2022 (§4.1) redone for GQA, qk-norm, SwiGLU and top-k MoE
   (:func:`activation_bytes_per_token`); 1F1B keeps ``min(PP - stage, micro-batches)``
@@ -35,9 +37,13 @@ Assumptions (each is a documented constant or formula below):
 - the last stage holds one micro-batch's logits in fp32 for the backward pass plus their
   fp32 gradient (8 bytes per element of ``tokens × vocab/TP``), and the chunked log-prob
   code's working set (3 fp32 ``chunk × vocab/TP`` buffers);
+- the discriminator is one replica of TP·PP Ray actors (its own processes) on the
+  trainer's GPUs: the worst GPU holds one shard of it plus that actor's CUDA context;
+  offloaded, it takes GPU memory only while it scores or updates, when no policy
+  activations are alive;
 - vLLM takes ``gpu_memory_utilization × GPU memory`` while awake and only its CUDA context
-  while asleep (sleep level 1 moves its weights to host memory); the torch engine runs on
-  the CPU.
+  while asleep (sleep level 1 moves its weights to host memory), one engine bundle per GPU;
+  the torch engine runs on the CPU.
 """
 
 from __future__ import annotations
@@ -58,8 +64,9 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 #: Per trainer process: CUDA context (~0.5 GiB) + NCCL communicators and cuBLAS / Transformer
 #: Engine workspaces (~1 GiB), in GiB.
 CUDA_OVERHEAD_GIB = 1.5
-#: A sleeping vLLM engine process still holds its CUDA context, in GiB.
-ENGINE_ASLEEP_GIB = 0.5
+#: CUDA context of another process on the same GPU (a sleeping vLLM engine, a discriminator
+#: actor), in GiB.
+PROCESS_CONTEXT_GIB = 0.5
 #: fp32 gradient buffer bytes per parameter (Megatron DDP with ``grad_reduce_in_fp32``).
 GRAD_BYTES = 4
 #: Adam first and second moments, fp32 each: bytes per parameter.
@@ -100,13 +107,15 @@ def _qkv_width(model: ModelConfig) -> int:
     return (model.num_attention_heads + 2 * model.num_query_groups) * model.head_dim
 
 
-def layer_parameters(model: ModelConfig, tp: int = 1, ep: int = 1) -> ParamCount:
+def layer_parameters(model: ModelConfig, tp: int = 1, ep: int = 1,
+                     etp: int | None = None) -> ParamCount:
     """Parameters of one transformer layer on one rank (elements).
 
     Attention: fused QKV (+ bias), output projection (both TP-sharded), q/k RMSNorm
     (``head_dim`` each, replicated), input RMSNorm. MLP: SwiGLU ``fc1`` [2F, H] and ``fc2``
     [H, F] (TP-sharded) and the pre-MLP RMSNorm; for MoE, a replicated router [E, H] and
-    ``E/EP`` local experts of width ``moe_ffn_hidden_size`` (no TP, no shared expert).
+    ``E/EP`` local experts of width ``moe_ffn_hidden_size`` split over the expert TP size
+    ``etp`` (no shared expert).
     """
     h, d = model.hidden_size, model.head_dim
     qkv = _qkv_width(model)
@@ -119,7 +128,8 @@ def layer_parameters(model: ModelConfig, tp: int = 1, ep: int = 1) -> ParamCount
     if not model.num_experts:
         return ParamCount(dense + 3 * _split(model.ffn_hidden_size, tp) * h, 0)
     dense += model.num_experts * h  # router
-    expert = _split(model.num_experts, ep) * 3 * model.moe_ffn_hidden_size * h
+    etp = tp if etp is None else etp
+    expert = _split(model.num_experts, ep) * 3 * _split(model.moe_ffn_hidden_size, etp) * h
     return ParamCount(dense, expert)
 
 
@@ -142,7 +152,8 @@ def head_parameters(model: ModelConfig, tp: int = 1, pp: int = 1) -> int:
 def stage_parameters(model: ModelConfig, parallel: ParallelConfig, stage: int) -> ParamCount:
     """Parameters on one GPU of pipeline stage ``stage`` under ``parallel``."""
     tp, pp = parallel.tensor_parallel_size, parallel.pipeline_parallel_size
-    layer = layer_parameters(model, tp, parallel.expert_parallel_size)
+    layer = layer_parameters(model, tp, parallel.expert_parallel_size,
+                             expert_tensor_parallel_size(parallel))
     layers = model.num_layers // pp
     dense = layers * layer.dense
     if stage == 0:
@@ -174,10 +185,16 @@ def count_parameters(model: ModelConfig) -> dict[str, int]:
 # --------------------------------------------------------------------------- layout
 
 
+def expert_tensor_parallel_size(parallel: ParallelConfig) -> int:
+    """The TP size of expert weights as built: Megatron's parallel state is initialised
+    without ``expert_tensor_parallel_size``, whose default is the dense TP size."""
+    return parallel.tensor_parallel_size
+
+
 def _expert_dp(parallel: ParallelConfig, dp: int) -> int:
-    """Ranks holding one copy of each expert shard (ETP = 1): TP·CP·DP / EP."""
+    """Ranks holding the same expert shard: TP·CP·DP / (ETP·EP)."""
     return parallel.tensor_parallel_size * parallel.context_parallel_size * dp // \
-        parallel.expert_parallel_size
+        (expert_tensor_parallel_size(parallel) * parallel.expert_parallel_size)
 
 
 def _check_model_layout(model: ModelConfig, parallel: ParallelConfig, section: str) -> None:
@@ -193,10 +210,20 @@ def _check_model_layout(model: ModelConfig, parallel: ParallelConfig, section: s
     if model.num_layers % pp:
         raise ConfigError(f"{field}.pipeline_parallel_size",
                           f"{pp} does not divide {section}.model.num_layers={model.num_layers}")
+    _check_experts(model, parallel, section)
+
+
+def _check_experts(model: ModelConfig, parallel: ParallelConfig, section: str) -> None:
+    """EP > 1 needs a mixture-of-experts model whose expert count it divides."""
     ep = parallel.expert_parallel_size
+    prefix = f"{section}." if section else ""
+    if ep > 1 and not model.num_experts:
+        raise ConfigError(f"{prefix}parallel.expert_parallel_size",
+                          f"{ep} needs a mixture-of-experts model ({prefix}model.num_experts "
+                          "is 0)")
     if ep > 1 and model.num_experts % ep:
-        raise ConfigError(f"{field}.expert_parallel_size",
-                          f"{ep} does not divide {section}.model.num_experts={model.num_experts}")
+        raise ConfigError(f"{prefix}parallel.expert_parallel_size",
+                          f"{ep} does not divide {prefix}model.num_experts={model.num_experts}")
 
 
 def _stage_batches(cfg: UniaplConfig, dp: int) -> list[dict[str, Any]]:
@@ -232,18 +259,20 @@ def _discriminator_layout(cfg: UniaplConfig, world_size: int) -> dict[str, Any]:
     disc = cfg.discriminator
     needed = disc.enabled and any(s.needs_discriminator for s in cfg.resolved_stages())
     par = disc.parallel
+    processes = par.tensor_parallel_size * par.pipeline_parallel_size
     out: dict[str, Any] = {"role": disc.role, "needed": needed, "offload": disc.offload,
                            "tp": par.tensor_parallel_size, "pp": par.pipeline_parallel_size,
-                           "ep": par.expert_parallel_size, "replicas": 0, "gpus": 0}
+                           "processes": processes if needed else 0}
     if not needed:
         return out
-    try:
-        par.check_world_size(world_size)
-    except ConfigError as err:
-        raise err.within("discriminator") from None
+    if processes > world_size:
+        raise ConfigError("discriminator.parallel",
+                          f"TP × PP = {processes} discriminator processes need more GPUs than "
+                          f"the trainer's {world_size}")
+    if par.context_parallel_size > 1 or par.expert_parallel_size > 1:
+        raise ConfigError("discriminator.parallel", "the discriminator runs one TP × PP "
+                          "replica; context / expert parallelism are not used")
     _check_model_layout(disc.model, par, "discriminator")
-    out["replicas"] = world_size // par.model_parallel_size
-    out["gpus"] = world_size
     return out
 
 
@@ -292,6 +321,7 @@ def plan_layout(cfg: UniaplConfig, world_size: int, *,
         raise ConfigError("world_size", f"must be >= 1, got {world_size}")
     total_gpus = world_size if total_gpus is None else total_gpus
     cfg.check_world_size(world_size)
+    _check_experts(cfg.model, cfg.parallel, "")
     par, model = cfg.parallel, cfg.model
     dp = world_size // par.model_parallel_size
     experts = model.num_experts
@@ -333,29 +363,30 @@ def activation_bytes_per_token(model: ModelConfig, parallel: ParallelConfig) -> 
     - MLP: pre-MLP-norm input ``H``, fc1 input ``H``, fc1 output ``2F``, SwiGLU output ``F``;
     - MoE instead of the dense MLP: pre-MLP-norm input ``H``, router/dispatch input ``H``,
       fp32 router logits and probabilities ``2E`` (× 4 bytes), and per routed copy (``k``
-      per token) the permuted input ``H``, fc1 output ``2I``, SwiGLU output ``I`` and the
-      fc2 output ``H`` kept for the weighted combine.
+      per token) the permuted input ``H`` and the fc2 output ``H`` kept for the weighted
+      combine, fc1 output ``2I`` and SwiGLU output ``I`` (divided by the expert TP size).
 
-    Without sequence parallelism the ``H``-sized tensors are replicated on every TP rank;
-    everything else is divided by TP (routed tokens are split over the TP ranks, as
-    Megatron's all-to-all dispatcher does with ETP = 1).
+    Without sequence parallelism the ``H``-sized tensors are replicated on every TP rank,
+    with it they are divided by TP; the other dense tensors are divided by TP. Routed copies
+    are not divided by sequence parallelism: the dispatcher gathers the TP group's tokens
+    onto every expert-TP rank, and on average each GPU receives ``k`` copies per token of its
+    own micro-batch (the ``k·T·EP`` copies of an EP group over its ``EP`` ranks).
     """
     tp = parallel.tensor_parallel_size
     width = DTYPE_BYTES[model.params_dtype]
     h, d = model.hidden_size, model.head_dim
     nh, ng = model.num_attention_heads, model.num_query_groups
     replicated = 4 * h  # two norm inputs, QKV input, fc1 / router input
-    sharded = (nh + 2 * ng) * d + nh * d + ((nh + ng) * d if model.qk_norm else 0)
-    fp32 = 0
-    if model.num_experts:
-        i = model.moe_ffn_hidden_size
-        sharded += model.moe_router_topk * (2 * h + 3 * i)
-        fp32 = 2 * model.num_experts
-    else:
-        sharded += 3 * model.ffn_hidden_size
     if parallel.sequence_parallel:
-        replicated = replicated / tp
-    return width * (replicated + sharded / tp) + 4 * fp32
+        replicated /= tp
+    sharded = (nh + 2 * ng) * d + nh * d + ((nh + ng) * d if model.qk_norm else 0)
+    if not model.num_experts:
+        sharded += 3 * model.ffn_hidden_size
+        return width * (replicated + sharded / tp)
+    k = model.moe_router_topk
+    routed = k * (2 * h + 3 * model.moe_ffn_hidden_size / expert_tensor_parallel_size(parallel))
+    router_fp32 = 2 * model.num_experts
+    return width * (replicated + sharded / tp + routed) + 4 * router_fp32
 
 
 def _trainable_bytes(params: ParamCount, dtype: str, distributed: bool, dense_dp: int,
@@ -411,7 +442,7 @@ def _policy_items(cfg: UniaplConfig, layout: dict[str, Any], stage: int) -> list
     ref_note = "offloaded to host" if ref["offload"] else "frozen, params only"
     return [
         _Item("policy parameters", p_bytes, p_bytes,
-              f"{params.total / 1e9:.3f} B params in {dtype}"),
+              f"{_billions(params.total)} params in {dtype}"),
         _Item("policy gradients", g_bytes, g_bytes, "fp32 DDP buffers"),
         _Item("optimizer state", o_bytes, o_bytes,
               ("fp32 master + " if DTYPE_BYTES[dtype] < 4 else "") + f"Adam m, v; {shard}"),
@@ -426,30 +457,33 @@ def _policy_items(cfg: UniaplConfig, layout: dict[str, Any], stage: int) -> list
 
 
 def _discriminator_item(cfg: UniaplConfig, layout: dict[str, Any]) -> _Item:
-    """The discriminator's heaviest pipeline stage on one GPU (frozen or trainable)."""
+    """One GPU's shard of the discriminator (its heaviest pipeline stage) + its actor's
+    CUDA context. Trainable: parameters, fp32 gradients and unsharded optimizer state (one
+    replica: no data parallelism) and, in the training phase, the activations of one update
+    micro-batch (``2·max(1, batch_size // 2)`` rows right-padded to ``max_tokens``)."""
     info = layout["discriminator"]
     disc = cfg.discriminator
     if not info["needed"]:
         return _Item("discriminator", 0.0, 0.0, "not needed")
+    if disc.offload:
+        return _Item("discriminator", 0.0, 0.0, f"{disc.role}, offloaded to host between uses")
     par, model = disc.parallel, disc.model
-    stages = [stage_parameters(model, par, s) for s in range(par.pipeline_parallel_size)]
-    params = max(stages, key=lambda p: p.total)
-    where = f"TP {info['tp']} × PP {info['pp']}"
+    params = max((stage_parameters(model, par, s) for s in range(par.pipeline_parallel_size)),
+                 key=lambda p: p.total)
+    context = PROCESS_CONTEXT_GIB * GIB
+    where = f"{_billions(params.total)} params/GPU, TP {info['tp']} × PP {info['pp']}"
     if disc.role == "frozen":
-        if disc.offload:
-            return _Item("discriminator", 0.0, 0.0, "frozen, offloaded to host")
-        size = params.total * DTYPE_BYTES[model.params_dtype]
-        return _Item("discriminator", size, size, f"frozen, params only, {where}")
-    dp = info["replicas"]
+        size = params.total * DTYPE_BYTES[model.params_dtype] + context
+        return _Item("discriminator", size, size, f"frozen, {where}")
     p_bytes, g_bytes, o_bytes = _trainable_bytes(
-        params, model.params_dtype, disc.optimizer.use_distributed_optimizer,
-        dp * par.context_parallel_size, _expert_dp(par, dp) if model.num_experts else dp)
-    act = activation_bytes_per_token(model, par) * disc.max_tokens / \
-        par.context_parallel_size * (model.num_layers // par.pipeline_parallel_size)
-    static = p_bytes + g_bytes + o_bytes
+        params, model.params_dtype, disc.optimizer.use_distributed_optimizer, 1, 1)
+    rows = 2 * max(1, disc.batch_size // 2)
+    act = activation_bytes_per_token(model, par) * rows * disc.max_tokens * \
+        (model.num_layers // par.pipeline_parallel_size)
+    static = p_bytes + g_bytes + o_bytes + context
     return _Item("discriminator", static + act, static,
-                 f"trainable: params + grads + optimizer + {disc.max_tokens}-token "
-                 f"activations, {where}")
+                 f"trainable: + grads, optimizer, {rows}×{disc.max_tokens}-token "
+                 f"activations; {where}")
 
 
 def _engine_item(cfg: UniaplConfig, layout: dict[str, Any], gpu_bytes: float) -> _Item:
@@ -462,7 +496,7 @@ def _engine_item(cfg: UniaplConfig, layout: dict[str, Any], gpu_bytes: float) ->
         return _Item("rollout engine", 0.0, 0.0, f"disaggregated on {info['gpus']} own GPUs")
     awake = info["engines_per_gpu"] * info["gpu_memory_utilization"] * gpu_bytes
     if info["sleep_mode"]:
-        return _Item("rollout engine", ENGINE_ASLEEP_GIB * GIB, awake,
+        return _Item("rollout engine", PROCESS_CONTEXT_GIB * GIB, awake,
                      f"vLLM {info['gpu_memory_utilization']:.2f} × GPU awake, CUDA context "
                      "asleep")
     return _Item("rollout engine", awake, awake,
@@ -519,7 +553,8 @@ def estimate_memory(cfg: UniaplConfig, world_size: int, gpu_memory_gib: float = 
     Returns:
         ``{"gpu_memory_gib", "stage", "items": [{"name", "training", "generation",
         "note"}], "training_gib", "generation_gib", "peak_gib", "peak_phase", "fraction",
-        "fits", "warnings", "stage_peaks_gib", "engine_weights_gib", "layout"}``.
+        "fits", "warnings", "stage_totals_gib" ((training, generation) per pipeline stage),
+        "engine_weights_gib", "params", "layout"}``.
     Raises:
         ConfigError: as :func:`plan_layout`.
     """
@@ -531,10 +566,11 @@ def estimate_memory(cfg: UniaplConfig, world_size: int, gpu_memory_gib: float = 
     per_stage = [_policy_items(cfg, layout, s) + shared
                  for s in range(layout["trainer"]["pp"])]
 
-    def peak(items: list[_Item]) -> float:
-        return max(sum(i.training for i in items), sum(i.generation for i in items))
-
-    stage = max(range(len(per_stage)), key=lambda s: peak(per_stage[s]))
+    totals = [(sum(i.training for i in items), sum(i.generation for i in items))
+              for items in per_stage]
+    # the highest peak (to 0.1 GiB), then the highest training total
+    stage = max(range(len(per_stage)),
+                key=lambda s: (round(max(totals[s]) / GIB, 1), totals[s][0]))
     items = per_stage[stage]
     training = sum(i.training for i in items)
     generation = sum(i.generation for i in items)
@@ -551,7 +587,7 @@ def estimate_memory(cfg: UniaplConfig, world_size: int, gpu_memory_gib: float = 
         "fraction": top / gpu_bytes,
         "fits": top <= gpu_bytes,
         "warnings": _warnings(cfg, layout, training, generation, gpu_bytes),
-        "stage_peaks_gib": [peak(s) / GIB for s in per_stage],
+        "stage_totals_gib": [(t / GIB, g / GIB) for t, g in totals],
         "engine_weights_gib": engine_weight_bytes(cfg) / GIB
         if layout["rollout"]["engine"] == "vllm" else 0.0,
         "params": count_parameters(cfg.model),
@@ -600,10 +636,10 @@ def _layout_lines(layout: dict[str, Any], params: dict[str, int] | None) -> list
                                        + (", offloaded" if ref["offload"] else "")))
     d = layout["discriminator"]
     lines.append("  discriminator  " + (f"{d['role']}: not needed" if not d["needed"] else
-                                       f"{d['role']}, TP {d['tp']} × PP {d['pp']}, "
-                                       f"{d['replicas']} replica(s) on the trainer's "
-                                       f"{d['gpus']} GPUs" + (", offloaded" if d["offload"]
-                                                             else "")))
+                                       f"{d['role']}, one TP {d['tp']} × PP {d['pp']} "
+                                       f"replica: {d['processes']} process(es) on the "
+                                       "trainer's GPUs" + (", offloaded" if d["offload"]
+                                                          else "")))
     r = layout["rollout"]
     if not r["needed"]:
         lines.append("  rollout        not needed")
@@ -612,7 +648,7 @@ def _layout_lines(layout: dict[str, Any], params: dict[str, int] | None) -> list
     else:
         lines.append(f"  rollout        vllm, {r['num_engines']} engine(s) × TP {r['tp_each']} = "
                      f"{r['gpus']} GPUs, {r['placement']}"
-                     + (f", sleep mode on" if r["sleep_mode"] else ", sleep mode off"))
+                     + (", sleep mode on" if r["sleep_mode"] else ", sleep mode off"))
     return lines
 
 
@@ -628,6 +664,9 @@ def format_report(layout: dict[str, Any], memory: dict[str, Any]) -> str:
                      f"  {item['note']}")
     lines.append(f"  {'total':<26}{memory['training_gib']:>10.2f}"
                  f"{memory['generation_gib']:>12.2f}")
+    if len(memory["stage_totals_gib"]) > 1:
+        lines.append("  per stage (training / generation): " + ", ".join(
+            f"{s}: {t:.2f} / {g:.2f}" for s, (t, g) in enumerate(memory["stage_totals_gib"])))
     if memory.get("engine_weights_gib"):
         lines.append(f"  vLLM weights per engine GPU: {memory['engine_weights_gib']:.2f} GiB")
     verdict = "fits" if memory["fits"] else "DOES NOT FIT"

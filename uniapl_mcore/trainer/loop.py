@@ -258,6 +258,7 @@ class Trainer:
         seqs = None
         if self.driver is not None:  # sample → rollouts → rewards → discriminator → advantages
             seqs, found = self.driver.collect(self.step, stage, timer)
+            self.driver.rollout.sleep()  # colocated vLLM engines free the GPU for training
             metrics.update(found)
         with timer("broadcast"):
             seqs = broadcast_sequences(seqs)
@@ -302,7 +303,10 @@ class Trainer:
         from uniapl_mcore.rollout.weight_sync import sync_from_megatron
         from uniapl_mcore.trainer.rollouts import policy_bundle
 
-        pool = self.driver.rollout.pool if self.driver is not None else None
+        pool = None
+        if self.driver is not None:
+            self.driver.rollout.wake()
+            pool = self.driver.rollout.pool
         sync_from_megatron(pool, [_unwrap(c) for c in self.policy.chunks], self.cfg.model,
                            policy_bundle(self.cfg.model), version=self.step,
                            bucket_bytes=self.cfg.rollout.weight_sync.bucket_bytes,

@@ -113,5 +113,20 @@ class RolloutService:
             str(i)) for i, (p, seed) in enumerate(zip(prompts, seeds, strict=True))]
         return self.pool.generate(requests) if requests else []
 
+    @property
+    def sleeps(self) -> bool:
+        """vLLM engines colocated with the trainer free the GPUs while it trains."""
+        return self.cfg.engine == "vllm" and self.cfg.placement == "colocated"
+
+    def wake(self) -> None:
+        """Before weight sync / generation (a no-op unless :attr:`sleeps`)."""
+        if self.sleeps and self.pool.asleep:
+            self.pool.wake_up()
+
+    def sleep(self) -> None:
+        """Before the trainer's forward/backward (a no-op unless :attr:`sleeps`)."""
+        if self.sleeps and not self.pool.asleep:
+            self.pool.sleep()
+
     def shutdown(self) -> None:
         self.pool.shutdown()
