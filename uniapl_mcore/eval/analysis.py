@@ -527,8 +527,10 @@ def analyze(runs: Mapping[str, Path], out: Path, score_model: Path | None = None
         figures["fig4"] = str(out / FIG4)
         _write_logprobs(out / LOGPROBS, points)
     else:
-        note = ("Figure 4 skipped: no row has both response_logprob_mean and "
-                "teacher_logprob_mean (pass --score-model to compute them)")
+        note = ("Figure 4 skipped: no row has both a response and a teacher log-prob "
+                + ("(empty responses?)" if score_model is not None else
+                   "(null response_logprob_mean / teacher_logprob_mean; pass --score-model "
+                   "to compute them)"))
         logger.warning("%s", note)
 
     result: dict[str, Any] = {

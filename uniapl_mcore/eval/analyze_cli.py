@@ -44,7 +44,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     try:
         result = analyze(runs, args.out, score_model=args.score_model, max_rows=args.max_rows,
                          batch_size=args.batch_size, device=args.device)
-    except (AnalysisError, OSError) as exc:
+    except (AnalysisError, OSError, ValueError) as exc:  # ValueError: e.g. an unknown model
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))
