@@ -1,38 +1,58 @@
-"""`uniapl train` end to end: the embedded default learns, and re-running resumes."""
+"""`uniapl train` end to end: the embedded default (no config) visibly learns the toy task,
+and `--dry-run` prints a layout and memory estimate without hardware."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from uniapl_mcore.cli import main
 
 
-def _train(run_dir, *args):
+def _train(run_dir: Path, *args: str, timeout: int = 1200):
     return subprocess.run([sys.executable, "-m", "uniapl_mcore.cli", "train", "--run-dir",
-                           str(run_dir), *args], capture_output=True, text=True, timeout=600)
+                           str(run_dir), *args], capture_output=True, text=True, timeout=timeout)
 
 
-def _metrics(run_dir):
+def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_default_run_learns_then_resumes(tmp_path):
+@pytest.mark.slow
+def test_embedded_default_learns(tmp_path):
+    """The issue's bar: held-out eval/reward_strict rises by >= 0.3 from the initial model
+    within 10 minutes on 2 CPU cores (the run's own clock, start-up included)."""
     run_dir = tmp_path / "run"
+    start = time.monotonic()
     proc = _train(run_dir)
+    minutes = (time.monotonic() - start) / 60
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = _metrics(run_dir)
-    assert [r["step"] for r in records] == list(range(1, 81))
-    first, last = records[0]["train/loss"], records[-1]["train/loss"]
-    assert last < 0.4 * first, (first, last)  # the tiny model visibly learns
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000080"
-    assert (run_dir / "config.yaml").is_file()
+    evals = [(r["step"], r["eval/reward_strict"]) for r in _metrics(run_dir)
+             if "eval/reward_strict" in r]
+    print(f"default run: {minutes:.1f} min; eval/reward_strict by step: {evals}")
+    assert evals[0][0] == 0 and evals[-1][0] == 200
+    assert evals[-1][1] - evals[0][1] >= 0.3, evals
+    assert minutes <= 10.0, minutes
+    assert (run_dir / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000200"
+    assert list((run_dir / "tensorboard").iterdir())
 
-    proc = _train(run_dir, "--max-steps", "84", "--nproc-per-node", "2")  # resume at DP=2
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    steps = [r["step"] for r in _metrics(run_dir)]
-    assert steps == list(range(1, 85))
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000084"
+
+def test_dry_run_prints_layout_and_memory(capsys):
+    root = Path(__file__).resolve().parents[1]
+    assert main(["train", "--config", str(root / "examples" / "qwen3_4b_8gpu.yaml"),
+                 "--dry-run", "--nproc-per-node", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "policy parameters" in out and "fits" in out
+
+
+def test_config_errors_are_one_line(capsys):
+    assert main(["train", "train.max_step=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("uniapl train: config error: train.max_step: unknown key "
+                   "(did you mean 'train.max_steps'?)")

@@ -130,6 +130,8 @@ class PolarTemplate:
         """Load the tokenizer from a local directory (never from the network)."""
         from uniapl_mcore.data.tiny_tokenizer import load_tokenizer
 
+        if not Path(path).is_dir():
+            raise ConfigError("discriminator.tokenizer", f"{path} is not a directory")
         try:
             tokenizer = load_tokenizer(path)
         except (OSError, ValueError) as err:

@@ -167,24 +167,31 @@ class DiscriminatorWorker:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, directory: str) -> None:
-        """Write weights (+ optimizer and scheduler when trainable) as the ``torch_dist``
-        checkpoint ``directory``, atomically: it appears complete or not at all."""
+        """Write weights (+ optimizer and scheduler once trainable and stepped) as the
+        ``torch_dist`` checkpoint ``directory``, atomically: written to a sibling staging
+        directory first, renamed into place when every rank finished."""
         import torch.distributed as dist
 
-        from uniapl_mcore.checkpoint.training_state import save_checkpoint
+        from uniapl_mcore.checkpoint.training_state import write_model_state
 
         final = Path(directory)
         staging = final.parent / f".tmp.{final.name}"
+        if self.rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        dist.barrier()
+        # A never-stepped optimizer has no state to save (Megatron cannot even describe it);
+        # loading weights only into a fresh optimizer gives the same state.
+        with_optimizer = self.model.optimizer is not None and self.updates > 0
         with self._on_device():
-            written = save_checkpoint(staging, self.updates, self.model,
-                                      include_optimizer=self.model.optimizer is not None,
-                                      common={"discriminator": {"role": self.spec.role,
-                                                                "updates": self.updates}})
+            write_model_state(staging, self.model, with_optimizer,
+                              {"discriminator": {"role": self.spec.role,
+                                                 "updates": self.updates}}, self.updates)
+        dist.barrier()
         if self.rank == 0:
             if final.exists():
                 shutil.rmtree(final)
-            os.replace(written, final)
-            shutil.rmtree(staging, ignore_errors=True)
+            os.replace(staging, final)
         dist.barrier()
         logger.info("discriminator saved to %s (%d updates)", final, self.updates)
 
@@ -192,8 +199,8 @@ class DiscriminatorWorker:
         """Load a directory written by :meth:`save` (or a converted checkpoint: weights)."""
         from uniapl_mcore.checkpoint.dcp_io import TorchDistReader
 
-        common = TorchDistReader(directory).common()
-        with_optimizer = self.model.optimizer is not None and "scheduler" in common
+        stored = TorchDistReader(directory).common().get("common", {})
+        with_optimizer = self.model.optimizer is not None and "scheduler" in stored
         with self._on_device():
             common = self._load(directory, with_optimizer)
         self.updates = int(common.get("discriminator", {}).get("updates", 0))

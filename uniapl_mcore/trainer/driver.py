@@ -82,9 +82,10 @@ class Driver:
         if cfg.discriminator.enabled and any(s.needs_discriminator for s in stages):
             from uniapl_mcore.discriminator import DiscriminatorClient
 
+            updates = -(-cfg.total_steps // cfg.discriminator.update_every_steps)
             self.disc = DiscriminatorClient.start(
                 cfg.discriminator, cfg.discriminator.tokenizer or self.tokenizer_dir,
-                seed=cfg.train.seed, max_steps=cfg.total_steps)
+                seed=cfg.train.seed, max_steps=max(updates, 1))
         self._reference_scores: dict[str, float] = {}
 
     # ------------------------------------------------------------------ sampling

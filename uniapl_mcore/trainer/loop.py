@@ -162,6 +162,10 @@ class Trainer:
         self.policy = self._build_policy(stage)
         self.reference = self._build_reference() if any(s.needs_reference
                                                         for s in self.stages) else None
+        if self.reference is not None and cfg.reference.offload and \
+                layout.device.type == "cuda":
+            for module in self.reference:
+                module.to("cpu")
         if resume is not None:
             self._load(resume)
         else:
@@ -291,12 +295,29 @@ class Trainer:
                              explicit_mask=self.layout.device.type == "cpu")
 
     def _attach_reference_logprobs(self, batches: list[PolicyMicroBatch]) -> None:
-        logps = forward_logprobs(self.reference, batches, self.layout, self.cfg.model.vocab_size,
-                                 self.cfg.rollout.sampling.temperature,
-                                 self.cfg.loss.logprob_chunk_tokens)
+        with self._reference_on_device():
+            logps = forward_logprobs(self.reference, batches, self.layout,
+                                     self.cfg.model.vocab_size,
+                                     self.cfg.rollout.sampling.temperature,
+                                     self.cfg.loss.logprob_chunk_tokens)
         if logps is not None:
             for batch, logp in zip(batches, logps, strict=True):
                 batch.ref_logp = logp
+
+    @contextlib.contextmanager
+    def _reference_on_device(self):
+        """``reference.offload``: π_ref lives in host memory except while it computes."""
+        offload = self.cfg.reference.offload and self.layout.device.type == "cuda"
+        if offload:
+            for module in self.reference:
+                module.to(self.layout.device)
+        try:
+            yield
+        finally:
+            if offload:
+                for module in self.reference:
+                    module.to("cpu")
+                torch.cuda.empty_cache()
 
     def sync_weights(self) -> None:
         """Engines ← the policy's current weights, as version ``self.step`` (collective)."""
@@ -410,8 +431,8 @@ class Trainer:
             torch.save(rng_state(), tmp / "rng" / f"rank_{self.layout.rank:05d}.pt")
             fault_point("checkpoint", self.step)
             if self.driver is not None:
-                if self.driver.disc is not None:
-                    self.driver.disc.save(str(tmp / "discriminator"))
+                if self.driver.disc is not None and self.driver.disc.trainable:
+                    self.driver.disc.save(str(tmp / "discriminator"))  # frozen: its checkpoint
                 state = {"step": self.step, "stage": self.stage_index,
                          "weight_version": self.step, "world_size": self.layout.world_size,
                          "samplers": {str(i): s.state_dict() for i, s in
@@ -425,7 +446,8 @@ class Trainer:
             load_checkpoint(path / "reference",
                             TrainableModel(self.reference, None, None, None),
                             include_optimizer=False)
-        if self.driver is not None and self.driver.disc is not None:
+        if self.driver is not None and self.driver.disc is not None and \
+                self.driver.disc.trainable:
             self.driver.disc.load(str(path / "discriminator"))
         rng_file = path / "rng" / f"rank_{self.layout.rank:05d}.pt"
         if rng_file.is_file():
