@@ -35,11 +35,11 @@ def test_embedded_default_learns(tmp_path):
     evals = [(r["step"], r["eval/reward_strict"]) for r in _metrics(run_dir)
              if "eval/reward_strict" in r]
     print(f"default run: {minutes:.1f} min; eval/reward_strict by step: {evals}")
-    assert evals[0][0] == 0 and evals[-1][0] == 200
+    assert evals[0][0] == 0 and evals[-1][0] == 240
     assert evals[-1][1] - evals[0][1] >= 0.3, evals
     assert minutes <= 10.0, minutes
     assert (run_dir / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000200"
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000240"
     assert list((run_dir / "tensorboard").iterdir())
 
 

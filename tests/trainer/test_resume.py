@@ -20,10 +20,18 @@ RUN = [*TINY, "loss.objective=uniapl", "train.max_steps=5", "checkpoint.save_int
 
 
 def _train(run_dir: Path, ray_address: str, fault: str | None = None) -> int:
+    """Run ``uniapl train``; its output goes to a file, not a pipe: helper processes of a
+    SIGKILLed run (e.g. checkpoint writers) may outlive it and would hold a pipe open."""
     env = dict(os.environ, UNIAPL_FAULT=fault or "")
     cmd = [sys.executable, "-m", "uniapl_mcore.cli", "train", "--run-dir", str(run_dir), *RUN,
            f"ray_address={ray_address}"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900).returncode
+    log = run_dir.parent / f"{run_dir.name}-{fault or 'clean'}.log"
+    with open(log, "w") as out:
+        code = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=900).returncode
+    if code not in (0, -9):
+        print(log.read_text()[-3000:])
+    return code
 
 
 def test_killed_runs_resume_to_identical_metrics(ray_cluster, tmp_path):

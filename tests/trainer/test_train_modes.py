@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 MODES = [
     ("sft", ["parallel.tensor_parallel_size=2"], 2, ["sft/loss"]),
     ("grpo", ["parallel.pipeline_parallel_size=2"], 2, ["grpo/loss", "rollout/reward_mean"]),
-    ("a_sft", [], 1, ["sft/loss", "adv_sft/loss", "disc/loss"]),
+    ("a_sft", ["loss.adv_on_sft_rows=true"], 1, ["sft/loss", "adv_sft/loss", "disc/loss"]),
     ("a_grpo", ["parallel.tensor_parallel_size=2"], 2, ["grpo/loss", "adv_pref/loss"]),
     ("chord", [], 1, ["sft/loss", "grpo/loss"]),
     ("a_chord", ["parallel.pipeline_parallel_size=2"], 2, ["grpo/loss", "adv_pref/loss"]),
@@ -59,6 +59,7 @@ def test_two_stage_pipeline_hands_off(ray_cluster, tmp_path):
 
 def test_unified_dp2_matches_one_process(ray_cluster, tmp_path):
     overrides = [*TINY, "loss.objective=uniapl", "train.max_steps=2", "eval.at_start=false",
+                 "data.expert_fraction=0.5", "loss.adv_on_sft_rows=true",
                  "discriminator.role=trainable"]
     run_distributed(train_body, 1, args=(overrides, str(tmp_path / "one"), ray_cluster),
                     timeout_s=600)

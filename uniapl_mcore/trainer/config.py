@@ -32,7 +32,7 @@ def _toy_policy() -> ModelConfig:
 
 
 def _toy_train() -> TrainConfig:
-    return TrainConfig(max_steps=200, seed=1234, micro_batch_size=8, global_batch_size=8,
+    return TrainConfig(max_steps=240, seed=1234, micro_batch_size=8, global_batch_size=8,
                        seq_length=512)
 
 
@@ -95,7 +95,7 @@ class EvalConfig:
         save_generations: write ``<run_dir>/generations/step_NNNNNN.jsonl``.
     """
 
-    interval_steps: int = 50
+    interval_steps: int = 80
     at_start: bool = True
     max_prompts: int | None = 100
     max_new_tokens: int = 192
@@ -168,6 +168,10 @@ class UniaplConfig(RunConfig):
         check(longest <= self.model.max_position_embeddings, "model.max_position_embeddings",
               f"{self.model.max_position_embeddings} cannot hold data.max_prompt_tokens + the "
               f"longest response = {longest} tokens")
+        for stage in self.resolved_stages():
+            check(stage.objective != "a_sft" or stage.loss.resolved_adv_on_sft_rows,
+                  "loss.adv_on_sft_rows", "a_sft's adversarial term acts on student rollouts "
+                                          "of the SFT prompts; set it to true (or null)")
         adversarial = any(s.needs_discriminator for s in self.resolved_stages())
         check(not adversarial or self.discriminator.enabled, "discriminator.role",
               "the objective has an adversarial term; the discriminator cannot be 'none'")

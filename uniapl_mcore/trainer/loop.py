@@ -291,10 +291,17 @@ class Trainer:
         mbs = self.cfg.train.micro_batch_size
         padded = pad_to_multiple(seqs, mbs * self.layout.dp)
         mine = shard_for_rank(padded, self.layout.dp_rank, self.layout.dp)
+        # rollouts of PREF prompts first: only their micro-batches need reference log-probs
+        mine.sort(key=lambda s: s.kind != RowKind.PREF)
         return micro_batches(mine, mbs, step_width(padded),
                              explicit_mask=self.layout.device.type == "cpu")
 
     def _attach_reference_logprobs(self, batches: list[PolicyMicroBatch]) -> None:
+        """π_ref log-probs for the micro-batches that hold PREF rows (the KL's slice); the
+        others get zeros, which their all-zero PREF mask never reads."""
+        for batch in batches:
+            batch.ref_logp = torch.zeros_like(batch.loss_mask)
+        batches = [b for b in batches if bool((b.row_kind == int(RowKind.PREF)).any())]
         with self._reference_on_device():
             logps = forward_logprobs(self.reference, batches, self.layout,
                                      self.cfg.model.vocab_size,
