@@ -32,7 +32,7 @@ def _toy_policy() -> ModelConfig:
 
 
 def _toy_train() -> TrainConfig:
-    return TrainConfig(max_steps=240, seed=1234, micro_batch_size=8, global_batch_size=8,
+    return TrainConfig(max_steps=300, seed=1234, micro_batch_size=8, global_batch_size=8,
                        seq_length=512)
 
 
@@ -95,7 +95,7 @@ class EvalConfig:
         save_generations: write ``<run_dir>/generations/step_NNNNNN.jsonl``.
     """
 
-    interval_steps: int = 80
+    interval_steps: int = 100
     at_start: bool = True
     max_prompts: int | None = 100
     max_new_tokens: int = 192
