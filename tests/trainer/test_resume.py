@@ -19,11 +19,12 @@ RUN = [*TINY, "loss.objective=uniapl", "train.max_steps=5", "checkpoint.save_int
        "eval.interval_steps=2", "discriminator.role=trainable"]
 
 
-def _train(run_dir: Path, ray_address: str, fault: str | None = None) -> int:
+def _train(run_dir: Path, ray_address: str, fault: str | None = None,
+           run: list[str] = RUN) -> int:
     """Run ``uniapl train``; its output goes to a file, not a pipe: helper processes of a
     SIGKILLed run (e.g. checkpoint writers) may outlive it and would hold a pipe open."""
     env = dict(os.environ, UNIAPL_FAULT=fault or "")
-    cmd = [sys.executable, "-m", "uniapl_mcore.cli", "train", "--run-dir", str(run_dir), *RUN,
+    cmd = [sys.executable, "-m", "uniapl_mcore.cli", "train", "--run-dir", str(run_dir), *run,
            f"ray_address={ray_address}"]
     log = run_dir.parent / f"{run_dir.name}-{fault or 'clean'}.log"
     with open(log, "w") as out:
@@ -32,6 +33,10 @@ def _train(run_dir: Path, ray_address: str, fault: str | None = None) -> int:
     if code not in (0, -9):
         print(log.read_text()[-3000:])
     return code
+
+
+def _log(run_dir: Path, fault: str | None = None) -> str:
+    return (run_dir.parent / f"{run_dir.name}-{fault or 'clean'}.log").read_text()
 
 
 def test_killed_runs_resume_to_identical_metrics(ray_cluster, tmp_path):
@@ -49,3 +54,14 @@ def test_killed_runs_resume_to_identical_metrics(ray_cluster, tmp_path):
     want, got = comparable(read_records(straight)), comparable(read_records(killed))
     assert [r["step"] for r in got] == [0, 1, 2, 3, 4, 5]
     assert got == want
+
+
+def test_resume_refuses_a_changed_data_mix(ray_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    base = [*TINY, "loss.objective=sft", "eval.at_start=false"]
+    assert _train(run_dir, ray_cluster, run=[*base, "train.max_steps=1"]) == 0
+    assert _train(run_dir, ray_cluster, run=[*base, "train.max_steps=2",
+                                              "prompts_per_step=6"]) == 2
+    err = _log(run_dir).strip().splitlines()[-1]
+    assert err.startswith("uniapl train: config error: ") and "step_000001" in err, err
+    assert "prompts_per_step: saved 4, now 6" in err, err

@@ -44,7 +44,7 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def _unwrap(chunk: Any) -> Any:
+def unwrap_model(chunk: Any) -> Any:
     """The GPTModel inside a DDP wrapper (checkpoint keys carry no ``module.`` prefix)."""
     return getattr(chunk, "module", chunk)
 
@@ -54,7 +54,7 @@ def _model_key(index: int, count: int) -> str:
 
 
 def _model_sharded_state_dict(chunks: list[Any]) -> dict[str, Any]:
-    return {_model_key(i, len(chunks)): _unwrap(chunk).sharded_state_dict()
+    return {_model_key(i, len(chunks)): unwrap_model(chunk).sharded_state_dict()
             for i, chunk in enumerate(chunks)}
 
 
@@ -132,7 +132,7 @@ def _sharded_state(trainable: TrainableModel, include_optimizer: bool,
     return state
 
 
-def _barrier() -> None:
+def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
 
@@ -172,9 +172,9 @@ def staged_dir(root: str | Path, step: int, keep_last: int | None = None,
         tmp.mkdir()
         for sub in subdirs:
             (tmp / sub).mkdir()
-    _barrier()
+    barrier()
     yield tmp
-    _barrier()
+    barrier()
     if _is_rank0():
         if final.exists():
             shutil.rmtree(final)
@@ -183,7 +183,7 @@ def staged_dir(root: str | Path, step: int, keep_last: int | None = None,
         _write_latest(root, final.name)
         if keep_last is not None:
             prune_checkpoints(root, keep_last)
-    _barrier()
+    barrier()
     logger.info("saved checkpoint %s", final)
 
 
@@ -300,7 +300,7 @@ def load_checkpoint(path: str | Path, trainable: TrainableModel,
         key = _model_key(i, len(trainable.chunks))
         weights = loaded[key]
         weights.update(dict.fromkeys(absent[key]))  # None: "no extra state" to every module
-        _unwrap(chunk).load_state_dict(weights, strict=True)
+        unwrap_model(chunk).load_state_dict(weights, strict=True)
     if include_optimizer:
         with _torch_adam_step_set_aside(trainable.optimizer):
             trainable.optimizer.load_state_dict(loaded["optimizer"])

@@ -168,6 +168,8 @@ class UniaplConfig(RunConfig):
         check(longest <= self.model.max_position_embeddings, "model.max_position_embeddings",
               f"{self.model.max_position_embeddings} cannot hold data.max_prompt_tokens + the "
               f"longest response = {longest} tokens")
+        check(not self.loss.kl_in_reward, "loss.kl_in_reward",
+              "not supported by the online trainer (it applies the KL in the loss); set false")
         for stage in self.resolved_stages():
             check(stage.objective != "a_sft" or stage.loss.resolved_adv_on_sft_rows,
                   "loss.adv_on_sft_rows", "a_sft's adversarial term acts on student rollouts "

@@ -98,6 +98,19 @@ class Driver:
                 self.cfg.train.seed + 7919 * stage.index, self.cfg.data.shuffle)
         return self.samplers[stage.index]
 
+    def check_resumable(self, states: dict[str, dict[str, Any]], checkpoint: Path) -> None:
+        """Refuse to resume when the data mix changed since ``checkpoint`` (pool sizes,
+        prompts per step, expert fraction, seed, shuffling): its batches would differ."""
+        for stage in self.cfg.resolved_stages():
+            state = states.get(str(stage.index))
+            if state is None:
+                continue
+            try:
+                self.sampler(stage).load_state_dict(state)
+            except ValueError as err:
+                raise ConfigError("", f"{checkpoint}: cannot resume stage {stage.name}: "
+                                      f"{err}") from None
+
     # ------------------------------------------------------------------ one step
 
     def collect(self, step: int, stage: ResolvedStage, timer) -> tuple[list[Sequence],
@@ -236,14 +249,15 @@ class Driver:
         for row, prompt, sample, verdict in zip(rows, prompts, samples, verdicts, strict=True):
             passed = verdict.passed
             teacher = teacher_text(row)
+            teacher_ids = self.data.templater.encode_target(teacher)
             records.append({
                 "id": row.id, "prompt": row.prompt, "response": sample.text,
                 "response_tokens": len(sample.token_ids), "teacher_response": teacher,
-                "teacher_tokens": len(self.data.templater.encode_target(teacher)),
+                "teacher_tokens": len(teacher_ids),
                 "reward_strict": float(bool(passed) and all(passed)),
                 "reward_partial": float(sum(passed) / len(passed)) if passed else 0.0,
                 "_prompt_ids": prompt, "_response_ids": list(sample.token_ids),
-                "_teacher_ids": self.data.templater.encode_target(teacher)})
+                "_teacher_ids": teacher_ids})
         n = max(len(records), 1)
         metrics = {"eval/reward_strict": sum(r["reward_strict"] for r in records) / n,
                    "eval/reward_partial": sum(r["reward_partial"] for r in records) / n,

@@ -31,12 +31,14 @@ import torch
 import torch.distributed as dist
 
 from uniapl_mcore.checkpoint.training_state import (
+    barrier,
     latest_checkpoint,
     load_checkpoint,
     staged_dir,
+    unwrap_model,
     write_model_state,
 )
-from uniapl_mcore.config import ConfigError, dump_config
+from uniapl_mcore.config import dump_config
 from uniapl_mcore.losses import RowKind, objective_weights, step_denominators
 from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
 from uniapl_mcore.trainer.config import ResolvedStage, UniaplConfig
@@ -80,10 +82,6 @@ class PhaseTimer:
         return {f"time/{k}_s": v for k, v in self.seconds.items()}
 
 
-def _unwrap(chunk: Any) -> Any:
-    return getattr(chunk, "module", chunk)
-
-
 def rng_state() -> dict[str, Any]:
     """This process's RNG states (Python, NumPy, torch CPU, Megatron's model-parallel
     tracker, CUDA when present)."""
@@ -124,9 +122,6 @@ def run_training(cfg: UniaplConfig, run_dir: str | Path) -> list[dict[str, Any]]
     from uniapl_mcore.runtime.dist_env import DistEnv
 
     cfg.check_world_size(DistEnv.from_environ().world_size)
-    if cfg.loss.kl_in_reward:
-        raise ConfigError("loss.kl_in_reward", "not supported by the online trainer yet (the KL "
-                                               "is applied in the loss); set it to false")
     layout = init_parallel(cfg.parallel, cfg.train.seed)
     trainer = None
     try:
@@ -153,9 +148,11 @@ class Trainer:
             from uniapl_mcore.trainer.driver import Driver
 
             self.driver = Driver(cfg, run_dir)
-        _barrier()
+        barrier()
         resume = latest_checkpoint(self.ckpt_root)
         saved = json.loads((resume / TRAINER_STATE).read_text()) if resume else {}
+        if self.driver is not None and resume is not None:
+            self.driver.check_resumable(saved.get("samplers", {}), resume)
         self.step = int(saved.get("step", 0))
         self.stage_index = int(saved.get("stage", 0))
         stage = self.stages[self.stage_index]
@@ -173,7 +170,7 @@ class Trainer:
         from uniapl_mcore.checkpoint.live_export import LiveExporter
         from uniapl_mcore.trainer.rollouts import policy_bundle
 
-        self.exporter = LiveExporter([_unwrap(c) for c in self.policy.chunks], cfg.model,
+        self.exporter = LiveExporter([unwrap_model(c) for c in self.policy.chunks], cfg.model,
                                      policy_bundle(cfg.model), dst=0)
         if layout.rank == 0:
             from uniapl_mcore.trainer.metrics_log import MetricsLog
@@ -213,7 +210,7 @@ class Trainer:
         if self.reference is None:
             return
         for ref, chunk in zip(self.reference, self.policy.chunks, strict=True):
-            ref.load_state_dict(_unwrap(chunk).state_dict(), strict=True)
+            ref.load_state_dict(unwrap_model(chunk).state_dict(), strict=True)
 
     def _begin_stage(self, stage: ResolvedStage) -> None:
         """Hand-off: fresh optimizer and LR schedule at the stage's settings, π_ref reset."""
@@ -249,8 +246,6 @@ class Trainer:
             records += self._emit(record)
             if self._checkpoint_due():
                 self.save()
-        if self.log is not None:
-            self._plot()
         return records
 
     def train_step(self, stage: ResolvedStage) -> dict[str, Any]:
@@ -335,7 +330,7 @@ class Trainer:
         if self.driver is not None:
             self.driver.rollout.wake()
             pool = self.driver.rollout.pool
-        sync_from_megatron(pool, [_unwrap(c) for c in self.policy.chunks], self.cfg.model,
+        sync_from_megatron(pool, [unwrap_model(c) for c in self.policy.chunks], self.cfg.model,
                            policy_bundle(self.cfg.model), version=self.step,
                            bucket_bytes=self.cfg.rollout.weight_sync.bucket_bytes,
                            exporter=self.exporter)
@@ -379,7 +374,7 @@ class Trainer:
         if logps is not None:
             logp, mask = torch.cat(logps), torch.cat([b.loss_mask for b in batches])
             means = (logp.double().sum(-1) / mask.double().sum(-1).clamp(min=1)).tolist()
-        means = self._to_rank0(means) if self.layout.pp > 1 else means
+        means = self._to_rank0(means)
         if self.driver is None:
             return {}
         n = len(records)
@@ -469,8 +464,3 @@ class Trainer:
             self.log.close()
         if self.driver is not None:
             self.driver.shutdown()
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
