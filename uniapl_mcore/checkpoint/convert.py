@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 
@@ -27,8 +26,8 @@ from uniapl_mcore.checkpoint.hf_io import (
     CheckpointError,
     PlannedTensor,
     SafetensorsReader,
+    SafetensorsShardWriter,
     copy_side_files,
-    write_sharded_safetensors,
 )
 from uniapl_mcore.checkpoint.mapping import TensorRule, to_hf, to_mcore
 from uniapl_mcore.config import ModelConfig
@@ -37,7 +36,6 @@ from uniapl_mcore.models.hf_config import HFConfig
 from uniapl_mcore.models.registry import ModelBundle, bundle_for
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 HF_SIDE_DIR = "hf"  # inside an mcore checkpoint: the HF config.json and tokenizer files
 FORMAT = "uniapl_mcore.hf_model/1"
@@ -111,8 +109,15 @@ def _hf_chunks(reader: SafetensorsReader, bundle: ModelBundle, model: ModelConfi
         for position in positions:
             names = rule.hf_names(*position)
 
-            def load(names=names, rule=rule, ones=ones) -> torch.Tensor:
-                tensor = to_mcore(rule, [reader.get(n) for n in names], shape)
+            def load(names=names, rule=rule, ones=ones, dtype=dtype,
+                     base=base) -> torch.Tensor:
+                if len(names) == 1:
+                    tensor = to_mcore(rule, [reader.get(names[0],
+                                                        _scratch("out", base, dtype))], shape)
+                else:
+                    parts = [reader.get(n, _scratch(f"in{i}", reader.shape(n), dtype))
+                             for i, n in enumerate(names)]
+                    tensor = to_mcore(rule, parts, shape, out=_scratch("out", base, dtype))
                 return tensor.reshape(*ones, *tensor.shape)
 
             chunks.append(ChunkSpec(rule.mcore, (*stack, *base),
@@ -153,63 +158,57 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, threads: int = 2) -> Path:
     return out
 
 
-def iter_hf_tensors(reader: TorchDistReader, bundle: ModelBundle, model: ModelConfig
-                    ) -> Iterator[tuple[str, torch.Tensor]]:
-    """HF-named tensors of a ``torch_dist`` checkpoint, one layer slice read at a time."""
-    shape = bundle.attention_shape(model)
-    for rule in bundle.tensor_rules(model):
-        full = reader.shape(rule.mcore)
-        for position in rule.positions(model.num_layers, model.num_experts):
-            rest = full[len(position):]
-            tensor = reader.read(rule.mcore, (*position, *(0,) * len(rest)),
-                                 ((1,) * len(position) + rest)).reshape(rest)
-            yield from zip(rule.hf_names(*position),
-                           to_hf(rule, tensor, shape, model.vocab_size), strict=True)
+_SCRATCH = threading.local()
+_SCRATCH_BYTES_PER_THREAD = 384 * 1024**2
+_SCRATCH_MAX_BUFFER = 128 * 1024**2  # larger (embedding-sized) buffers are one-offs
 
 
-def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """Run ``items`` in a background thread, at most ``depth`` items ahead of the consumer.
+def _scratch(slot: str, sizes: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A [sizes] tensor whose storage is exactly its bytes, reused by this thread per (slot,
+    size): layers repeat the same shapes, so after the first layer no read or merge touches
+    fresh memory (fresh pages cost a page fault each, on the scale of the copy itself).
 
-    Reading and splitting the next tensors overlaps with writing the current one; memory is
-    bounded by ``depth`` + 1 items. An exception in the producer re-raises in the consumer.
+    A buffer is valid until this thread asks for the same slot and size again. Buffers of
+    ≤ ``_SCRATCH_MAX_BUFFER`` are kept, up to ``_SCRATCH_BYTES_PER_THREAD`` per thread.
     """
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
+    nbytes = torch.Size(sizes).numel() * torch.empty((), dtype=dtype).element_size()
+    cache: dict[tuple[str, int], torch.Tensor] = _SCRATCH.__dict__.setdefault("cache", {})
+    buffer = cache.get((slot, nbytes))
+    if buffer is None:
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        kept = sum(t.numel() for t in cache.values())
+        if nbytes <= _SCRATCH_MAX_BUFFER and kept + nbytes <= _SCRATCH_BYTES_PER_THREAD:
+            cache[(slot, nbytes)] = buffer
+    return buffer.view(dtype).view(sizes)
 
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            buffer.put(("end", done))
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            buffer.put(("error", err))
 
-    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = buffer.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        thread.join(timeout=5.0)
+def hf_tensor_units(reader: TorchDistReader, bundle: ModelBundle, model: ModelConfig
+                    ) -> list[Callable[[], list[tuple[str, torch.Tensor]]]]:
+    """One callable per (rule, layer[, expert]) slice of a ``torch_dist`` checkpoint; each
+    reads its slice and returns the HF-named tensors made from it (q/k/v split, say).
+    Independent of one another, so several may run at once, one per thread: the slice is
+    read into the calling thread's scratch buffer, so its tensors are valid only until that
+    thread's next unit."""
+    shape = bundle.attention_shape(model)
+    units = []
+    for rule in bundle.tensor_rules(model):
+        full, dtype = reader.shape(rule.mcore), reader.dtype(rule.mcore)
+        for position in rule.positions(model.num_layers, model.num_experts):
+            def unit(rule: TensorRule = rule, position: tuple[int, ...] = position,
+                     rest: tuple[int, ...] = full[len(position):],
+                     dtype: torch.dtype = dtype) -> list[tuple[str, torch.Tensor]]:
+                sizes = (1,) * len(position) + rest
+                tensor = reader.read(rule.mcore, (*position, *(0,) * len(rest)), sizes,
+                                     out=_scratch("slice", sizes, dtype)).reshape(rest)
+                return list(zip(rule.hf_names(*position),
+                                to_hf(rule, tensor, shape, model.vocab_size), strict=True))
+            units.append(unit)
+    return units
 
 
 def plan_hf_tensors(reader: TorchDistReader, bundle: ModelBundle, model: ModelConfig
                     ) -> list[PlannedTensor]:
-    """Names, shapes and dtypes :func:`iter_hf_tensors` will yield, in the same order."""
+    """Names, shapes and dtypes of the HF tensors :func:`hf_tensor_units` produce."""
     shapes = bundle.hf_shapes(model)
     plan = []
     for rule in bundle.tensor_rules(model):
@@ -221,11 +220,17 @@ def plan_hf_tensors(reader: TorchDistReader, bundle: ModelBundle, model: ModelCo
 
 
 def mcore_to_hf(mcore_dir: str | Path, out: str | Path,
-                max_shard_bytes: int = 2 * 1024**3) -> Path:
+                max_shard_bytes: int = 2 * 1024**3, threads: int = 4) -> Path:
     """Convert a ``torch_dist`` checkpoint written by :func:`hf_to_mcore` (or by training from
-    such a model) back into an HF directory that ``from_pretrained`` loads."""
+    such a model) back into an HF directory that ``from_pretrained`` loads.
+
+    ``threads`` slices are read, split and written at once (each straight to its offset in
+    its shard); resident memory is about ``threads`` slices, whatever the model size.
+    """
     mcore_dir, out = Path(mcore_dir), Path(out)
     side = mcore_dir / HF_SIDE_DIR
+    if not mcore_dir.is_dir():
+        raise CheckpointError(f"{mcore_dir}: no such checkpoint directory")
     if not (side / "config.json").is_file():
         raise CheckpointError(f"{mcore_dir}: no {HF_SIDE_DIR}/config.json; this checkpoint was "
                               "not made from a Hugging Face model, so its architecture is unknown")
@@ -233,9 +238,19 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path,
     reader = TorchDistReader(mcore_dir)
     tmp = _atomic_output(out)
     try:
-        write_sharded_safetensors(plan_hf_tensors(reader, bundle, model),
-                                  prefetch(iter_hf_tensors(reader, bundle, model)), tmp,
-                                  max_shard_bytes)
+        writer = SafetensorsShardWriter(plan_hf_tensors(reader, bundle, model), tmp,
+                                        max_shard_bytes)
+        try:
+            def run(unit: Callable[[], list[tuple[str, torch.Tensor]]]) -> None:
+                for name, tensor in unit():
+                    writer.write(name, tensor)
+
+            with ThreadPoolExecutor(max(1, threads), thread_name_prefix="mcore-to-hf") as pool:
+                for _ in pool.map(run, hf_tensor_units(reader, bundle, model)):
+                    pass
+            writer.finish(threads)
+        finally:
+            writer.close()
         shutil.copy2(side / "config.json", tmp / "config.json")
         copy_side_files(side, tmp)
         os.replace(tmp, out)

@@ -4,7 +4,8 @@ The safetensors format is an 8-byte little-endian header length, a JSON header
 (name → dtype, shape, byte range) and the raw tensor bytes. Reading parses the header and
 ``readinto`` s each tensor's range into a fresh buffer — no memory map, so a conversion's
 resident memory stays at the tensors in flight, not the checkpoint size. Writing plans each
-shard's header from (name, shape, dtype) first, then streams the tensors' bytes in order.
+shard's header from (name, shape, dtype) first and creates the files at their final size, so
+tensors can be written at their offsets in any order, from several threads.
 
 Only ``config.json`` (JSON) and ``*.safetensors`` are read — never pickles, never code.
 """
@@ -15,7 +16,8 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Iterable, Iterator
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,10 +132,16 @@ class SafetensorsReader:
     def dtype(self, name: str) -> torch.dtype:
         return self._entry(name).dtype
 
-    def get(self, name: str) -> torch.Tensor:
-        """The tensor ``name``, read into its own buffer."""
+    def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor ``name``, read into its own buffer, or into ``out`` (a contiguous
+        tensor of the same shape and dtype, e.g. a reused buffer)."""
         entry = self._entry(name)
-        out = torch.empty(entry.shape, dtype=entry.dtype)
+        if out is None:
+            out = torch.empty(entry.shape, dtype=entry.dtype)
+        elif tuple(out.shape) != entry.shape or out.dtype != entry.dtype or \
+                not out.is_contiguous():
+            raise CheckpointError(f"{entry.path}: tensor {name!r} is {entry.shape} "
+                                  f"{entry.dtype}, expected {tuple(out.shape)} {out.dtype}")
         view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if out.numel() else b""
         with open(entry.path, "rb", buffering=0) as handle:
             handle.seek(entry.start)
@@ -159,63 +167,110 @@ class PlannedTensor:
         return numel * _bytes(self.dtype)
 
 
-def _write_shard(path: Path, plan: list[PlannedTensor],
-                 tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
-    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for item in plan:
-        header[item.name] = {"dtype": _CODES[item.dtype], "shape": list(item.shape),
-                             "data_offsets": [offset, offset + item.nbytes]}
-        offset += item.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # keep tensor data 8-byte aligned
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(raw)) + raw)
-        for item in plan:
-            name, tensor = next(tensors)
-            if name != item.name or tuple(tensor.shape) != item.shape or \
-                    tensor.dtype != item.dtype:
-                raise CheckpointError(f"{path}: expected {item.name} {item.shape} {item.dtype}"
-                                      f", got {name} {tuple(tensor.shape)} {tensor.dtype}")
-            if tensor.numel():
-                handle.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8)
-                                        .numpy()))
-        handle.flush()
-        os.fsync(handle.fileno())
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``os.pwrite`` may write less than asked)."""
+    while len(data):
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
 
 
-def write_sharded_safetensors(plan: list[PlannedTensor],
-                              tensors: Iterable[tuple[str, torch.Tensor]], directory: Path,
-                              max_shard_bytes: int) -> dict[str, str]:
-    """Stream ``tensors`` (arriving in ``plan`` order) into shards of ≤ ``max_shard_bytes``.
+class SafetensorsShardWriter:
+    """Writes a planned set of tensors into sharded safetensors files, in any order.
 
-    One tensor is in memory at a time. Writes ``model.safetensors`` (one shard) or
-    ``model-0000i-of-0000n.safetensors`` plus the index; returns the weight map.
+    Every shard's header is computed from the plan up front and each file is created at its
+    final size, so a tensor's byte range is known before its data exists: :meth:`write` may be
+    called from several threads at once (``os.pwrite`` releases the GIL), one tensor each.
+    :meth:`finish` checks every planned tensor arrived exactly once, fsyncs the files and
+    writes the index. Shards hold ≤ ``max_shard_bytes`` of tensor data (a larger tensor gets
+    a shard of its own); one shard is named ``model.safetensors``, several
+    ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json``.
     """
-    shards: list[list[PlannedTensor]] = [[]]
-    size = 0
-    for item in plan:
-        if shards[-1] and size + item.nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(item)
-        size += item.nbytes
-    directory.mkdir(parents=True, exist_ok=True)
-    stream = iter(tensors)
-    count = len(shards)
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        name = SINGLE if count == 1 else f"model-{i + 1:05d}-of-{count:05d}.safetensors"
-        _write_shard(directory / name, shard, stream)
-        weight_map.update({item.name: name for item in shard})
-    if next(stream, None) is not None:
-        raise CheckpointError(f"{directory}: more tensors arrived than were planned")
-    if count > 1:
-        total = sum(item.nbytes for item in plan)
-        (directory / INDEX).write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
-            indent=2) + "\n")
-    return weight_map
+
+    def __init__(self, plan: list[PlannedTensor], directory: Path,
+                 max_shard_bytes: int) -> None:
+        shards: list[list[PlannedTensor]] = [[]]
+        size = 0
+        for item in plan:
+            if shards[-1] and size + item.nbytes > max_shard_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].append(item)
+            size += item.nbytes
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.total_bytes = sum(item.nbytes for item in plan)
+        count = len(shards)
+        self.files: list[tuple[Path, int]] = []
+        #: name → (planned tensor, index into ``files``, absolute byte offset)
+        self.slots: dict[str, tuple[PlannedTensor, int, int]] = {}
+        for i, shard in enumerate(shards):
+            path = directory / (SINGLE if count == 1 else
+                                f"model-{i + 1:05d}-of-{count:05d}.safetensors")
+            self.files.append((path, self._create(path, shard, i)))
+        self.written: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _create(self, path: Path, shard: list[PlannedTensor], index: int) -> int:
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for item in shard:
+            header[item.name] = {"dtype": _CODES[item.dtype], "shape": list(item.shape),
+                                 "data_offsets": [offset, offset + item.nbytes]}
+            offset += item.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # keep tensor data 8-byte aligned
+        prefix = struct.pack("<Q", len(raw)) + raw
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        _pwrite_all(fd, memoryview(prefix), 0)
+        os.ftruncate(fd, len(prefix) + offset)
+        for item in shard:
+            if item.name in self.slots:
+                raise CheckpointError(f"{path}: tensor {item.name!r} planned twice")
+            self.slots[item.name] = (item, index, len(prefix) +
+                                     header[item.name]["data_offsets"][0])  # type: ignore[index]
+        return fd
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write one planned tensor (any thread; each name once)."""
+        slot = self.slots.get(name)
+        if slot is None:
+            raise CheckpointError(f"{self.directory}: tensor {name!r} was not planned")
+        item, index, offset = slot
+        if tuple(tensor.shape) != item.shape or tensor.dtype != item.dtype:
+            raise CheckpointError(f"{self.files[index][0]}: expected {name} {item.shape} "
+                                  f"{item.dtype}, got {tuple(tensor.shape)} {tensor.dtype}")
+        with self._lock:
+            if name in self.written:
+                raise CheckpointError(f"{self.directory}: tensor {name!r} written twice")
+            self.written.add(name)
+        if tensor.numel():
+            data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+            _pwrite_all(self.files[index][1], memoryview(data), offset)
+
+    def finish(self, threads: int = 4) -> dict[str, str]:
+        """Check completeness, fsync and close every shard, write the index; returns the
+        weight map (name → file name)."""
+        missing = [name for name in self.slots if name not in self.written]
+        if missing:
+            raise CheckpointError(f"{self.directory}: {len(missing)} planned tensors were never "
+                                  f"written (first: {missing[0]!r})")
+        with ThreadPoolExecutor(max(1, min(threads, len(self.files)))) as pool:
+            list(pool.map(os.fsync, [fd for _, fd in self.files]))
+        self.close()
+        weight_map = {name: self.files[index][0].name
+                      for name, (_, index, _) in sorted(self.slots.items())}
+        if len(self.files) > 1:
+            (self.directory / INDEX).write_text(json.dumps(
+                {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map},
+                indent=2) + "\n")
+        return weight_map
+
+    def close(self) -> None:
+        """Close the files (idempotent; :meth:`finish` calls it)."""
+        for i, (path, fd) in enumerate(self.files):
+            if fd >= 0:
+                os.close(fd)
+                self.files[i] = (path, -1)
 
 
 def copy_side_files(source: Path, target: Path) -> list[str]:

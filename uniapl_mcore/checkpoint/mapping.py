@@ -76,13 +76,16 @@ class AttentionShape:
 
 
 def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              shape: AttentionShape) -> torch.Tensor:
-    """HF q [nh·d, …], k [ng·d, …], v [ng·d, …] → Megatron linear_qkv [(nh + 2ng)·d, …]."""
+              shape: AttentionShape, out: torch.Tensor | None = None) -> torch.Tensor:
+    """HF q [nh·d, …], k [ng·d, …], v [ng·d, …] → Megatron linear_qkv [(nh + 2ng)·d, …]
+    (written into ``out``, a contiguous tensor of that shape, when given)."""
     ng, d, hpg = shape.num_query_groups, shape.head_dim, shape.heads_per_group
     rest = q.shape[1:]
-    groups = torch.cat([q.reshape(ng, hpg * d, *rest), k.reshape(ng, d, *rest),
-                        v.reshape(ng, d, *rest)], dim=1)
-    return groups.reshape(ng * (hpg + 2) * d, *rest)
+    parts = [q.reshape(ng, hpg * d, *rest), k.reshape(ng, d, *rest), v.reshape(ng, d, *rest)]
+    if out is not None:
+        torch.cat(parts, dim=1, out=out.view(ng, (hpg + 2) * d, *rest))
+        return out
+    return torch.cat(parts, dim=1).reshape(ng * (hpg + 2) * d, *rest)
 
 
 def split_qkv(qkv: torch.Tensor, shape: AttentionShape
@@ -97,13 +100,18 @@ def split_qkv(qkv: torch.Tensor, shape: AttentionShape
     return q, k, v
 
 
-def to_mcore(rule: TensorRule, hf_tensors: list[torch.Tensor],
-             shape: AttentionShape) -> torch.Tensor:
-    """Build the Megatron tensor of ``rule`` (one layer's slice) from its HF tensors."""
+def to_mcore(rule: TensorRule, hf_tensors: list[torch.Tensor], shape: AttentionShape,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """Build the Megatron tensor of ``rule`` (one layer's slice) from its HF tensors.
+
+    ``out``: a contiguous tensor of the result's shape to merge into (fused rules only; a
+    single-tensor rule returns its input).
+    """
     if rule.kind == "qkv":
-        return merge_qkv(*hf_tensors, shape=shape)
+        return merge_qkv(*hf_tensors, shape=shape, out=out)
     if rule.kind == "gated":
-        return torch.cat(hf_tensors, dim=0)
+        return torch.cat(hf_tensors, dim=0, out=out) if out is not None else \
+            torch.cat(hf_tensors, dim=0)
     return hf_tensors[0]
 
 
