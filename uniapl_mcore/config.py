@@ -49,6 +49,96 @@ def check(condition: bool, field_name: str, message: str) -> None:
 
 # --------------------------------------------------------------------------- sections
 
+#: FP8 scaling recipes (Megatron-Core 0.16 ``TransformerConfig.fp8_recipe`` names).
+FP8_RECIPES = ("none", "delayed", "tensorwise", "blockwise", "mxfp8")
+#: Sub-modules that selective recomputation can checkpoint in this architecture.
+RECOMPUTE_MODULES = ("core_attn", "mlp", "moe", "moe_act", "layernorm")
+#: Of those, the ones only Transformer Engine layers implement.
+TE_ONLY_RECOMPUTE_MODULES = ("layernorm", "moe_act")
+
+
+@dataclass
+class Fp8Config:
+    """FP8 matrix multiplies through Transformer Engine (Hopper / Blackwell GPUs).
+
+    Attributes:
+        recipe: ``none`` (off); ``delayed`` (one scale per tensor from an amax history);
+            ``tensorwise`` (one scale per tensor from the current amax: "current scaling");
+            ``blockwise`` (1×128 activation / 128×128 weight blocks, Hopper, TE ≥ 2.3);
+            ``mxfp8`` (32-element blocks with e8m0 scales, Blackwell only).
+        format: ``hybrid`` (e4m3 forward, e5m2 gradients) or ``e4m3`` everywhere.
+        margin, amax_history_len, amax_compute_algo: the delayed recipe's scale: a scale
+            ``2**margin`` below the one that fits the max (``max``) or latest
+            (``most_recent``) amax of the last ``amax_history_len`` steps.
+        param: keep the GEMM weights in FP8 (less memory) and all-gather them in FP8 in the
+            distributed optimizer; needs ``optimizer.use_distributed_optimizer``.
+
+    Embedding, output layer, norms and attention softmax stay in ``params_dtype``.
+    """
+
+    recipe: Literal["none", "delayed", "tensorwise", "blockwise", "mxfp8"] = "none"
+    format: Literal["e4m3", "hybrid"] = "hybrid"
+    margin: int = 0
+    amax_history_len: int = 1024
+    amax_compute_algo: Literal["max", "most_recent"] = "max"
+    param: bool = False
+
+    def __post_init__(self) -> None:
+        check(self.margin >= 0, "margin", f"must be >= 0, got {self.margin}")
+        check(self.amax_history_len >= 1, "amax_history_len",
+              f"must be >= 1, got {self.amax_history_len}")
+        check(not self.param or self.enabled, "param", "needs an FP8 recipe (recipe is 'none')")
+
+    @property
+    def enabled(self) -> bool:
+        return self.recipe != "none"
+
+
+@dataclass
+class RecomputeConfig:
+    """Activation recomputation: keep fewer activations, recompute them in backward.
+
+    Attributes:
+        granularity: ``none``; ``selective`` (checkpoint only ``modules`` inside every
+            layer); ``full`` (keep each checkpointed layer's input only, recompute the layer).
+        method: ``full`` only. ``uniform``: checkpoint every group of ``num_layers``
+            consecutive layers (1: every layer); ``block``: recompute only the first
+            ``num_layers`` layers of each pipeline stage, keep the rest.
+        num_layers: ``full`` only (layers, ≤ layers per pipeline stage).
+        modules: ``selective`` only: ``core_attn`` (attention core), ``mlp`` (dense MLP),
+            ``moe`` (whole MoE block), ``moe_act`` (expert activation), ``layernorm`` (both
+            norms); the last two need Transformer Engine layers.
+
+    Recomputation changes no numerics (same kernels, same RNG states).
+    """
+
+    granularity: Literal["none", "selective", "full"] = "none"
+    method: Literal["uniform", "block"] = "uniform"
+    num_layers: int = 1
+    modules: list[str] = field(default_factory=lambda: ["core_attn"])
+
+    def __post_init__(self) -> None:
+        check(self.num_layers >= 1, "num_layers", f"must be >= 1, got {self.num_layers}")
+        unknown = [m for m in self.modules if m not in RECOMPUTE_MODULES]
+        check(not unknown, "modules", f"unknown module(s) {', '.join(map(repr, unknown))}; "
+                                      f"choose from {', '.join(map(repr, RECOMPUTE_MODULES))}")
+        check(self.granularity != "selective" or bool(self.modules), "modules",
+              "selective recomputation needs at least one module")
+
+    @property
+    def enabled(self) -> bool:
+        return self.granularity != "none"
+
+    def transformer_kwargs(self) -> dict[str, Any]:
+        """The ``TransformerConfig`` fields (``recompute_*``) this section sets."""
+        if self.granularity == "full":
+            return {"recompute_granularity": "full", "recompute_method": self.method,
+                    "recompute_num_layers": self.num_layers}
+        if self.granularity == "selective":
+            return {"recompute_granularity": "selective",
+                    "recompute_modules": list(self.modules)}
+        return {}
+
 
 @dataclass
 class ModelConfig:
@@ -86,8 +176,17 @@ class ModelConfig:
     moe_ffn_hidden_size: int = 0
     moe_norm_topk_prob: bool = True
     moe_aux_loss_coeff: float = 0.0
+    #: How the layers compute (GPU fast path; both off by default): FP8 GEMMs, which need
+    #: ``transformer_impl: transformer_engine`` and ``params_dtype: bfloat16``, and
+    #: activation recomputation.
+    fp8: Fp8Config = field(default_factory=Fp8Config)
+    recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.fp8, dict):  # built in code from a plain mapping
+            self.fp8 = Fp8Config(**self.fp8)
+        if isinstance(self.recompute, dict):
+            self.recompute = RecomputeConfig(**self.recompute)
         for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                      "num_query_groups", "head_dim", "vocab_size", "max_position_embeddings"):
             check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
@@ -107,6 +206,29 @@ class ModelConfig:
             check(self.moe_ffn_hidden_size > 0, "moe_ffn_hidden_size",
                   "must be > 0 for a mixture-of-experts model")
             check(self.moe_aux_loss_coeff >= 0, "moe_aux_loss_coeff", "must be >= 0")
+        self._check_fast_path()
+
+    def _check_fast_path(self) -> None:
+        """FP8 and recomputation settings against the rest of the architecture."""
+        if self.fp8.enabled:
+            check(self.transformer_impl == "transformer_engine", "fp8.recipe",
+                  f"{self.fp8.recipe!r} runs in Transformer Engine layers: set "
+                  f"transformer_impl to 'transformer_engine' (got {self.transformer_impl!r})")
+            check(self.params_dtype == "bfloat16", "fp8.recipe",
+                  f"FP8 training runs on top of bf16 mixed precision: set params_dtype to "
+                  f"'bfloat16' (got {self.params_dtype!r})")
+        if self.recompute.granularity != "selective":
+            return
+        modules = set(self.recompute.modules)
+        te_only = sorted(modules & set(TE_ONLY_RECOMPUTE_MODULES))
+        check(not te_only or self.transformer_impl != "local", "recompute.modules",
+              f"{', '.join(te_only)} recomputation needs Transformer Engine layers "
+              "(transformer_impl is 'local')")
+        moe_only = sorted(modules & {"moe", "moe_act"})
+        check(not moe_only or self.num_experts > 0, "recompute.modules",
+              f"{', '.join(moe_only)} applies to mixture-of-experts models (num_experts is 0)")
+        check("mlp" not in modules or not self.num_experts, "recompute.modules",
+              "'mlp' is the dense MLP; this model's MLP is a mixture of experts: use 'moe'")
 
     def padded_vocab_size(self, tensor_parallel_size: int) -> int:
         """Rows of the embedding / output layer: the smallest multiple of
@@ -121,13 +243,27 @@ class ModelConfig:
 
 @dataclass
 class ParallelConfig:
-    """Parallel layout. The data-parallel size is derived: world / (tp·pp·cp)."""
+    """Parallel layout. The data-parallel size is derived: world / (tp·pp·cp).
+
+    Megatron DDP communication (GPU fast path; off by default):
+
+    - ``overlap_grad_reduce``: reduce each bucket of gradients (all-reduce, or reduce-scatter
+      with the distributed optimizer) as soon as backward has produced it, overlapping the
+      rest of the backward pass;
+    - ``overlap_param_gather``: the distributed optimizer's parameter all-gather is left
+      pending after the optimizer step and finished bucket by bucket in the next forward
+      pass (needs ``overlap_grad_reduce`` and ``optimizer.use_distributed_optimizer``);
+    - ``ddp_bucket_size``: parameters per bucket (None: Megatron's max(40 M, 1 M × DP)).
+    """
 
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     context_parallel_size: int = 1
     expert_parallel_size: int = 1
     sequence_parallel: bool = False
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    ddp_bucket_size: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "context_parallel_size",
@@ -135,6 +271,11 @@ class ParallelConfig:
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         check(not self.sequence_parallel or self.tensor_parallel_size > 1, "sequence_parallel",
               "needs tensor_parallel_size > 1")
+        check(not self.overlap_param_gather or self.overlap_grad_reduce, "overlap_param_gather",
+              "needs overlap_grad_reduce (Megatron overlaps the gather only together with the "
+              "gradient reduce)")
+        check(self.ddp_bucket_size is None or self.ddp_bucket_size > 0, "ddp_bucket_size",
+              f"must be > 0 when set, got {self.ddp_bucket_size}")
 
     @property
     def model_parallel_size(self) -> int:
@@ -244,6 +385,7 @@ class RunConfig:
         check(self.train.seq_length <= m.max_position_embeddings, "train.seq_length",
               f"{self.train.seq_length} exceeds model.max_position_embeddings="
               f"{m.max_position_embeddings}")
+        check_fast_path(m, self.parallel, self.optimizer)
 
     def check_world_size(self, world_size: int) -> None:
         """Checks that need the world size; call before starting process groups."""
@@ -256,6 +398,23 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_fast_path(model: ModelConfig, parallel: ParallelConfig,
+                    optimizer: OptimizerConfig) -> None:
+    """Cross-section checks of the GPU fast-path switches (FP8 weights, overlapped
+    communication, full recomputation); errors name the ``model.`` / ``parallel.`` field."""
+    distributed = optimizer.use_distributed_optimizer
+    check(not parallel.overlap_param_gather or distributed, "parallel.overlap_param_gather",
+          "needs optimizer.use_distributed_optimizer (the gather is the distributed "
+          "optimizer's)")
+    check(not model.fp8.param or distributed, "model.fp8.param",
+          "FP8 weights are all-gathered by the distributed optimizer: set "
+          "optimizer.use_distributed_optimizer")
+    per_stage = model.num_layers // parallel.pipeline_parallel_size
+    check(model.recompute.granularity != "full" or model.recompute.num_layers <= per_stage,
+          "model.recompute.num_layers",
+          f"{model.recompute.num_layers} exceeds the {per_stage} layers per pipeline stage")
 
 
 # --------------------------------------------------------------------------- loading

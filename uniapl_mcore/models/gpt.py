@@ -15,7 +15,12 @@ from typing import Any
 
 import torch
 
-from uniapl_mcore.config import ConfigError, ModelConfig, ParallelConfig
+from uniapl_mcore.config import (
+    TE_ONLY_RECOMPUTE_MODULES,
+    ConfigError,
+    ModelConfig,
+    ParallelConfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +55,72 @@ def use_transformer_engine(model: ModelConfig) -> bool:
     return available
 
 
+def fp8_support(recipe: str) -> tuple[bool, str]:
+    """Whether this machine can run FP8 ``recipe`` (a :data:`~uniapl_mcore.config.FP8_RECIPES`
+    name other than ``none``), and why not: Transformer Engine must import with CUDA, and the
+    GPU must support the recipe (FP8: compute capability ≥ 8.9; blockwise: Hopper with a
+    recent CUDA; mxfp8: Blackwell), as Transformer Engine itself reports it."""
+    if not te_available():
+        return False, "Transformer Engine (with CUDA) is not available on this machine"
+    import transformer_engine.pytorch as te
+
+    probe = _TE_FP8_PROBES[recipe]
+    check_fn = getattr(te, probe[0], None)
+    if check_fn is not None:  # newer TE: te.is_*_available(return_reason=True)
+        available, reason = check_fn(return_reason=True)
+        return bool(available), str(reason or "")
+    try:  # older TE: transformer_engine.pytorch.fp8.check_*_support() -> (bool, reason)
+        from transformer_engine.pytorch import fp8 as te_fp8
+    except ImportError:
+        return False, "this Transformer Engine version exposes no FP8 support check"
+    legacy = getattr(te_fp8, probe[1], None)
+    if legacy is None:
+        return False, f"this Transformer Engine version has no {recipe!r} recipe"
+    available, reason = legacy()
+    return bool(available), str(reason or "")
+
+
+#: recipe -> (newer TE's availability function, older TE's ``fp8`` module check function)
+_TE_FP8_PROBES = {
+    "delayed": ("is_fp8_available", "check_fp8_support"),
+    "tensorwise": ("is_fp8_available", "check_fp8_support"),
+    "blockwise": ("is_fp8_block_scaling_available", "check_fp8_block_scaling_support"),
+    "mxfp8": ("is_mxfp8_available", "check_mxfp8_support"),
+}
+
+
+def _fast_path_kwargs(model: ModelConfig) -> dict[str, Any]:
+    """``TransformerConfig`` fields for FP8 and activation recomputation (empty when off).
+
+    Raises:
+        RuntimeError: FP8 requested where Transformer Engine or the GPU cannot run it.
+        ConfigError: a Transformer-Engine-only recompute module without TE layers.
+    """
+    kwargs = model.recompute.transformer_kwargs()
+    if model.recompute.granularity == "selective":
+        te_only = sorted(set(model.recompute.modules) & set(TE_ONLY_RECOMPUTE_MODULES))
+        if te_only and not use_transformer_engine(model):
+            raise ConfigError("model.recompute.modules",
+                              f"{', '.join(te_only)} recomputation needs Transformer Engine "
+                              "layers, which are not available here")
+    fp8 = model.fp8
+    if not fp8.enabled:
+        return kwargs
+    available, reason = fp8_support(fp8.recipe)
+    if not available:
+        raise RuntimeError(f"model.fp8.recipe={fp8.recipe} cannot run here: {reason}")
+    kwargs.update(fp8=fp8.format, fp8_recipe=fp8.recipe, fp8_margin=fp8.margin,
+                  fp8_amax_history_len=fp8.amax_history_len,
+                  fp8_amax_compute_algo=fp8.amax_compute_algo, fp8_param=fp8.param)
+    return kwargs
+
+
 def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides: Any):
     """Megatron ``TransformerConfig`` for ``model`` under ``parallel``.
 
     Dropout is 0 (Qwen3 trains without it); on CPU, weights are initialised on CPU so that
-    every layout draws the same master weights. ``overrides`` pass through verbatim.
+    every layout draws the same master weights. ``model.fp8`` and ``model.recompute`` map
+    onto the ``fp8*`` and ``recompute_*`` fields. ``overrides`` pass through verbatim.
     """
     from megatron.core.transformer import TransformerConfig
 
@@ -63,6 +129,9 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides
                           "needs Transformer Engine layers (Megatron's local norm layers do not "
                           "support sequence parallelism), which are not available here")
     dtype = torch_dtype(model.params_dtype)
+    # With Transformer Engine (GPU) use Megatron's default fused kernels: TE's fused RoPE,
+    # the jit-fused SwiGLU and residual add. Off on CPU (local layers, bit-exact parity).
+    fused = use_transformer_engine(model)
     kwargs: dict[str, Any] = dict(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -77,11 +146,11 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides
         activation_func=torch.nn.functional.silu,
         add_bias_linear=False,
         add_qkv_bias=model.qkv_bias,
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
+        bias_activation_fusion=fused,
+        bias_dropout_fusion=fused,
         masked_softmax_fusion=False,
         persist_layer_norm=False,
-        apply_rope_fusion=False,
+        apply_rope_fusion=fused,
         gradient_accumulation_fusion=False,
         hidden_dropout=0.0,
         attention_dropout=0.0,
@@ -100,6 +169,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides
     )
     if model.num_experts:
         kwargs.update(_moe_kwargs(model, parallel))
+    kwargs.update(_fast_path_kwargs(model))
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
 

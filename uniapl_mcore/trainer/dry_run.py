@@ -30,10 +30,12 @@ Assumptions (each is a documented constant or formula below):
   init_parallel` leaves Megatron's ``expert_tensor_parallel_size`` at its default (= TP),
   and the parallel state, not ``TransformerConfig``, decides the expert shards. So
   expert-data-parallel = CP·DP / EP (:func:`expert_tensor_parallel_size`);
-- activations: no recomputation, flash attention (no s² term), no dropout — the per-tensor
-  accounting of Korthikanti et al. 2022 (§4.1) redone for GQA, qk-norm, SwiGLU and top-k MoE
-  (:func:`activation_bytes_per_token`); 1F1B keeps ``min(PP - stage, micro-batches)``
-  micro-batches in flight;
+- activations: flash attention (no s² term), no dropout — the per-tensor accounting of
+  Korthikanti et al. 2022 (§4.1) redone for GQA, qk-norm, SwiGLU and top-k MoE
+  (:func:`activation_bytes_per_token`), less what ``model.recompute`` drops
+  (:func:`kept_activation_bytes`); 1F1B keeps ``min(PP - stage, micro-batches)``
+  micro-batches in flight; FP8 is not modelled (its FP8 copies of GEMM inputs make the
+  estimate for an FP8 run slightly high, its weight caches slightly low);
 - the last stage holds one micro-batch's logits in fp32 for the backward pass plus their
   fp32 gradient (8 bytes per element of ``tokens × vocab/TP``), and the chunked log-prob
   code's working set (3 fp32 ``chunk × vocab/TP`` buffers);
@@ -389,6 +391,64 @@ def activation_bytes_per_token(model: ModelConfig, parallel: ParallelConfig) -> 
     return width * (replicated + sharded / tp + routed) + 4 * router_fp32
 
 
+def _selective_savings_per_token(model: ModelConfig, parallel: ParallelConfig) -> float:
+    """Bytes per token and layer that selective recomputation of ``model.recompute.modules``
+    does not keep (the terms of :func:`activation_bytes_per_token` it drops).
+
+    ``core_attn``: nothing under flash attention (its inputs q, k, v stay as the checkpoint's
+    inputs; only unfused attention's s² scores would go); ``mlp``: fc1 and SwiGLU outputs;
+    ``moe``: the routed copies and the router's fp32 logits / probabilities; ``moe_act``: the
+    experts' SwiGLU outputs; ``layernorm``: the two norm outputs (QKV / fc1 inputs).
+    """
+    tp = parallel.tensor_parallel_size
+    width = DTYPE_BYTES[model.params_dtype]
+    modules = set(model.recompute.modules)
+    etp = expert_tensor_parallel_size(parallel)
+    saved = 0.0
+    if "mlp" in modules and not model.num_experts:
+        saved += width * 3 * model.ffn_hidden_size / tp
+    if model.num_experts:
+        k, inner = model.moe_router_topk, model.moe_ffn_hidden_size / etp
+        if "moe" in modules:
+            saved += width * k * (2 * model.hidden_size + 3 * inner) + 4 * 2 * model.num_experts
+        elif "moe_act" in modules:
+            saved += width * k * inner
+    if "layernorm" in modules:
+        saved += width * 2 * model.hidden_size / (tp if parallel.sequence_parallel else 1)
+    return saved
+
+
+def kept_activation_bytes(model: ModelConfig, parallel: ParallelConfig, tokens: float,
+                          layers: int, in_flight: int) -> float:
+    """Activation bytes alive at the peak of one pipeline stage of ``layers`` layers with
+    ``in_flight`` micro-batches of ``tokens`` tokens each, under ``model.recompute``.
+
+    - none: every layer keeps :func:`activation_bytes_per_token`;
+    - selective: less :func:`_selective_savings_per_token` (the recomputed module's own
+      working set during backward is ignored: one layer, one module);
+    - full, ``uniform`` with ``n = num_layers``: each group of ``n`` layers keeps only its
+      input (``H`` per token, divided by TP under sequence parallelism), plus the ``n``
+      layers of the group being recomputed, once;
+    - full, ``block``: the first ``n`` layers keep only their input, the others everything,
+      plus one recomputed layer, once.
+    """
+    full = activation_bytes_per_token(model, parallel)
+    rc = model.recompute
+    if rc.granularity == "none":
+        return full * tokens * layers * in_flight
+    if rc.granularity == "selective":
+        return (full - _selective_savings_per_token(model, parallel)) * tokens * layers * \
+            in_flight
+    width = DTYPE_BYTES[model.params_dtype]
+    tp = parallel.tensor_parallel_size
+    layer_input = width * model.hidden_size / (tp if parallel.sequence_parallel else 1)
+    n = min(rc.num_layers, layers)
+    if rc.method == "uniform":
+        groups = -(-layers // n)
+        return tokens * (layer_input * groups * in_flight + full * n)
+    return tokens * ((layer_input * n + full * (layers - n)) * in_flight + full)
+
+
 def _trainable_bytes(params: ParamCount, dtype: str, distributed: bool, dense_dp: int,
                      expert_dp: int) -> tuple[float, float, float]:
     """(parameter, gradient, optimizer) bytes of a trained model on one GPU."""
@@ -430,7 +490,7 @@ def _policy_items(cfg: UniaplConfig, layout: dict[str, Any], stage: int) -> list
     micro = max(s["micro_batches_per_dp_rank"] for s in layout["stages"])
     in_flight = min(t["pp"] - stage, micro)
     tokens = cfg.data.micro_batch_tokens / t["cp"]
-    act = activation_bytes_per_token(model, par) * tokens * t["layers_per_stage"] * in_flight
+    act = kept_activation_bytes(model, par, tokens, t["layers_per_stage"], in_flight)
     logits, chunk = (_logits_bytes(model, t["tp"], tokens, cfg.loss.logprob_chunk_tokens)
                      if stage == t["pp"] - 1 else (0.0, 0.0))
     ref = layout["reference"]
@@ -448,12 +508,40 @@ def _policy_items(cfg: UniaplConfig, layout: dict[str, Any], stage: int) -> list
               ("fp32 master + " if DTYPE_BYTES[dtype] < 4 else "") + f"Adam m, v; {shard}"),
         _Item("activations", act, 0.0,
               f"{in_flight} micro-batch(es) × {t['layers_per_stage']} layers × "
-              f"{tokens:.0f} tokens"),
+              f"{tokens:.0f} tokens" + _recompute_note(model)),
         _Item("logits + log-prob chunks", logits + chunk, 0.0,
               "last stage" if logits + chunk else "not on this stage"),
         _Item("reference model", ref_bytes, ref_bytes,
               ref_note if ref["needed"] else "not needed"),
     ]
+
+
+def _recompute_note(model: ModelConfig) -> str:
+    rc = model.recompute
+    if rc.granularity == "full":
+        return f"; full recompute ({rc.method}, {rc.num_layers})"
+    if rc.granularity == "selective":
+        return f"; selective recompute ({', '.join(rc.modules)})"
+    return ""
+
+
+def single_gpu_training_bytes(model: ModelConfig, micro_batch_tokens: int,
+                              logprob_chunk_tokens: int = 0) -> dict[str, float]:
+    """Memory of training ``model`` with Adam on one GPU (no parallelism; one micro-batch of
+    ``micro_batch_tokens`` tokens in flight), in bytes, itemised like :func:`estimate_memory`:
+    ``parameters``, ``gradients``, ``optimizer``, ``activations`` (under ``model.recompute``),
+    ``logits`` (+ the chunked log-prob working set when ``logprob_chunk_tokens``),
+    ``overhead`` (CUDA context and workspaces) and ``total``."""
+    parallel = ParallelConfig()
+    params = stage_parameters(model, parallel, 0)
+    p_bytes, g_bytes, o_bytes = _trainable_bytes(params, model.params_dtype, True, 1, 1)
+    act = kept_activation_bytes(model, parallel, micro_batch_tokens, model.num_layers, 1)
+    logits, chunk = _logits_bytes(model, 1, micro_batch_tokens, logprob_chunk_tokens)
+    items = {"parameters": p_bytes, "gradients": g_bytes, "optimizer": o_bytes,
+             "activations": act, "logits": logits + chunk,
+             "overhead": CUDA_OVERHEAD_GIB * GIB}
+    items["total"] = sum(items.values())
+    return items
 
 
 def _discriminator_item(cfg: UniaplConfig, layout: dict[str, Any]) -> _Item:
@@ -478,8 +566,8 @@ def _discriminator_item(cfg: UniaplConfig, layout: dict[str, Any]) -> _Item:
     p_bytes, g_bytes, o_bytes = _trainable_bytes(
         params, model.params_dtype, disc.optimizer.use_distributed_optimizer, 1, 1)
     rows = 2 * max(1, disc.batch_size // 2)
-    act = activation_bytes_per_token(model, par) * rows * disc.max_tokens * \
-        (model.num_layers // par.pipeline_parallel_size)
+    act = kept_activation_bytes(model, par, rows * disc.max_tokens,
+                                model.num_layers // par.pipeline_parallel_size, 1)
     static = p_bytes + g_bytes + o_bytes + context
     return _Item("discriminator", static + act, static,
                  f"trainable: + grads, optimizer, {rows}×{disc.max_tokens}-token "

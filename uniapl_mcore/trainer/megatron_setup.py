@@ -1,6 +1,17 @@
 """Build a trainable Megatron-Core model: stage modules → DDP → optimizer → LR schedule.
 
 Everything here takes its config section and the :class:`ParallelLayout` explicitly.
+
+Overlapped communication (``parallel.overlap_grad_reduce`` / ``overlap_param_gather``) is
+wired as Megatron's own training loop wires it: the DDP config turns on bucketed
+asynchronous reduces (and the distributed optimizer's deferred all-gather), and the model's
+``TransformerConfig`` gets ``no_sync_func`` / ``grad_sync_func`` so the pipeline schedules
+launch each chunk's reduce at the right micro-batch. ``param_sync_func`` stays unset: only
+the interleaved (virtual-pipeline) schedule calls it, and models here have one chunk per
+stage, so the forward pre-hooks finish and prefetch the gathers (``align_param_gather``
+off). With ``overlap_param_gather`` the module parameters hold the *previous* step's
+values between ``optimizer.step()`` and the next forward: anything that reads them directly
+(checkpoints, weight export) must call :meth:`TrainableModel.sync_params` first.
 """
 
 from __future__ import annotations
@@ -9,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from uniapl_mcore.config import ModelConfig, OptimizerConfig, ParallelConfig
+from uniapl_mcore.config import ModelConfig, OptimizerConfig, ParallelConfig, check_fast_path
 from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
 from uniapl_mcore.runtime.parallel import ParallelLayout
 
@@ -36,25 +47,66 @@ class TrainableModel:
         for chunk in self.chunks:
             chunk.eval()
 
+    def sync_params(self) -> None:
+        """Finish the parameter all-gather that ``overlap_param_gather`` leaves pending after
+        an optimizer step, so the module parameters hold the updated weights (no-op
+        otherwise). Collective over the data-parallel group."""
+        for chunk in self.chunks:
+            if getattr(chunk, "use_forward_hook", False):
+                chunk.start_param_sync(force_sync=True)
+
+
+def ddp_config(model: ModelConfig, parallel: ParallelConfig, optim: OptimizerConfig):
+    """Megatron ``DistributedDataParallelConfig``: fp32 gradient buffers, bucketed overlapped
+    reduce / param gather when configured, FP8 param gather with FP8 weights.
+
+    Raises:
+        ConfigError: a combination Megatron refuses (checked here too, for sections that
+            are not part of a :class:`~uniapl_mcore.config.RunConfig`).
+    """
+    from megatron.core.distributed import DistributedDataParallelConfig
+
+    check_fast_path(model, parallel, optim)
+    return DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=parallel.overlap_grad_reduce,
+        overlap_param_gather=parallel.overlap_param_gather,
+        align_param_gather=False,
+        use_distributed_optimizer=optim.use_distributed_optimizer,
+        bucket_size=parallel.ddp_bucket_size,
+        fp8_param_gather=model.fp8.param,
+    )
+
+
+def wire_schedule_hooks(config: Any, chunks: list[Any]) -> None:
+    """Set the ``TransformerConfig`` callbacks Megatron's forward-backward schedules use:
+    ``finalize_model_grads_func``, ``no_sync_func`` (gradient reduce only after the last
+    micro-batch) and, with ``overlap_grad_reduce``, ``grad_sync_func`` (the schedule starts
+    each chunk's remaining reduces itself). One callable for one chunk, a list otherwise."""
+    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+
+    def one_or_list(funcs: list[Any]) -> Any:
+        return funcs[0] if len(funcs) == 1 else funcs
+
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = one_or_list([chunk.no_sync for chunk in chunks])
+    overlap = chunks[0].ddp_config.overlap_grad_reduce
+    config.grad_sync_func = one_or_list([c.start_grad_sync for c in chunks]) if overlap \
+        else None
+    config.param_sync_func = None
+
 
 def build_model_chunks(model: ModelConfig, parallel: ParallelConfig, layout: ParallelLayout,
                        optim: OptimizerConfig, **config_overrides: Any) -> list[Any]:
     """This rank's pipeline stage of the GPT model, wrapped in Megatron DDP."""
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+    from megatron.core.distributed import DistributedDataParallel
 
+    ddp = ddp_config(model, parallel, optim)
     config = transformer_config(model, parallel, **config_overrides)
     module = build_gpt_model(model, config, pre_process=layout.is_first_stage,
                              post_process=layout.is_last_stage)
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
-        use_distributed_optimizer=optim.use_distributed_optimizer,
-    )
-    chunk = DistributedDataParallel(config=config, ddp_config=ddp_config, module=module)
-    config.finalize_model_grads_func = finalize_model_grads
-    config.no_sync_func = chunk.no_sync
-    config.grad_sync_func = None
+    chunk = DistributedDataParallel(config=config, ddp_config=ddp, module=module)
+    wire_schedule_hooks(config, [chunk])
     n_params = sum(p.numel() for p in module.parameters())
     logger.info("stage %d/%d built: %d parameters on this rank", layout.pp_rank + 1, layout.pp,
                 n_params)
@@ -68,6 +120,7 @@ def build_optimizer(optim: OptimizerConfig, chunks: list[Any]):
     from megatron.core.optimizer import get_megatron_optimizer
 
     model_config = chunks[0].config
+    ddp = chunks[0].ddp_config
     config = MegatronOptimizerConfig(
         optimizer="adam",
         lr=optim.lr,
@@ -81,6 +134,8 @@ def build_optimizer(optim: OptimizerConfig, chunks: list[Any]):
         fp16=model_config.fp16,
         params_dtype=model_config.params_dtype,
         use_distributed_optimizer=optim.use_distributed_optimizer,
+        overlap_param_gather=ddp.overlap_param_gather,
+        fp8_recipe=model_config.fp8_recipe if model_config.fp8 else None,
     )
     return get_megatron_optimizer(config, chunks)
 
