@@ -8,19 +8,25 @@ and times ``evaluate`` (strict and loose, all eight loose variants) across a CPU
 
     python tools/bench/bench_rewards.py --responses 4000 --workers 2
 
-A second line gives responses per CPU-second of one in-process evaluator
-(``time.process_time``), which is steadier than wall-clock time on a shared machine.
+The baseline, measured in the same run, is one in-process evaluator (wall clock); a
+second figure gives its responses per CPU-second (``time.process_time``), which is steadier
+than wall-clock time on a shared machine. ``--json FILE`` also writes the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
+from pathlib import Path
 
 from uniapl_mcore.eval.ifeval import EvalRow, evaluate
 from uniapl_mcore.rewards.pool import ChunkPool
 from uniapl_mcore.rewards.verdicts import Constraint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import Figure, emit, higher_is_better  # noqa: E402
 
 # (id, kwargs factory, weight = count in google/IFEval)
 _MIX = [
@@ -116,8 +122,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--cpu-responses", type=int, default=1000,
-        help="responses for the per-CPU-second line (0 skips it)",
+        help="responses for the per-CPU-second figure (0 skips it)",
     )  # fmt: skip
+    parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     warm_rows, warm_responses = build_mix(200, seed=1)
     with ChunkPool(args.workers, chunk_size=32) as pool:  # long-lived, as in training
@@ -129,13 +136,26 @@ def main() -> None:
             results = evaluate(rows, responses, pool=pool)
             best = min(best, time.perf_counter() - start)
     assert len(results) == len(rows)
-    print(
-        f"{len(rows)} responses, {args.workers} workers: {len(rows) / best:,.0f} responses/s "
-        f"(strict+loose verdicts, best of {args.repeats}, warm worker pool)"
-    )
+    one = _one_process_per_second(min(args.responses, 1000), args.repeats)
+    figures = [higher_is_better(f"rewards.pool_{args.workers}_workers", len(rows) / best,
+                                "responses/s", one)]
     if args.cpu_responses:
-        print(f"one process: {_per_cpu_second(args.cpu_responses, args.repeats):,.0f} "
-              "responses per CPU-second (best of repeats)")  # fmt: skip
+        figures.append(Figure("rewards.per_cpu_second",
+                              _per_cpu_second(args.cpu_responses, args.repeats),
+                              "responses/CPU-s"))
+    emit(figures, args.json)
+
+
+def _one_process_per_second(n: int, repeats: int) -> float:
+    """The baseline: in-process evaluation, wall-clock responses per second (best of)."""
+    evaluate(*build_mix(50, seed=1))  # load resources first, as the pool's warm-up does
+    best = float("inf")
+    for rep in range(repeats):
+        rows, responses = build_mix(n, seed=200 + rep)
+        start = time.perf_counter()
+        evaluate(rows, responses)
+        best = min(best, time.perf_counter() - start)
+    return n / best
 
 
 def _per_cpu_second(n: int, repeats: int) -> float:

@@ -12,12 +12,15 @@ line per figure (fill = real tokens / token slots).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from uniapl_mcore.data.packing import PackItem, pack, padded_batch_stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import Figure, emit, higher_is_better  # noqa: E402
 
 
 def main() -> int:
@@ -33,17 +36,10 @@ def main() -> int:
     _, packed = pack(items, micro_batch_tokens=args.micro_batch_tokens, pad_id=0)
     padded = padded_batch_stats(lengths.tolist(), micro_batch_size=4)
     fixed = padded_batch_stats(lengths.tolist(), micro_batch_size=4, fixed_length=4096)
-    figures = [("packing.ffd_fill", packed.fill, padded.fill),
-               ("packing.padded_to_longest_fill", padded.fill, None),
-               ("packing.padded_to_4096_fill", fixed.fill, None)]
-    for name, value, baseline in figures:
-        extra = f"  baseline {baseline:.4f}  ratio {value / baseline:.3f}" if baseline else ""
-        print(f"{name:34s} {value:.4f} fraction{extra}")
-    print(f"packing.micro_batches             {packed.micro_batches}")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump([dict(name=n, value=v, unit="fraction", baseline=b,
-                            ratio=(v / b if b else None)) for n, v, b in figures], handle)
+    emit([higher_is_better("packing.ffd_fill", packed.fill, "fraction", padded.fill),
+          higher_is_better("packing.ffd_fill_vs_fixed_4096", packed.fill, "fraction",
+                           fixed.fill),
+          Figure("packing.micro_batches", packed.micro_batches, "count")], args.json)
     return 0
 
 

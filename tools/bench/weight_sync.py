@@ -3,7 +3,8 @@
 
 Builds a small random Qwen3 (fp32, >= 100 MB), converts it to torch_dist, loads it at TP=2,
 streams it with the live exporter into two Ray engine actors, and compares the throughput with
-a plain memory copy of the same bytes measured in the same run. Prints one line per figure.
+a plain memory copy of the same bytes measured in the same run (the baseline). Prints one
+line per figure (``tools/bench/figures.py``); ``--json FILE`` also writes them.
 
     .venv/bin/python tools/bench/weight_sync.py [--hidden 768 --layers 8 --vocab 32000]
 """
@@ -15,6 +16,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import Figure, emit, higher_is_better  # noqa: E402
 
 
 def _memcpy_s(nbytes: int, repeats: int = 3) -> float:
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bucket-mb", type=int, default=64)
+    parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
     import ray
@@ -111,13 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     best = min(runs[1:] or runs, key=lambda r: r["total_s"])  # first run warms up
     mb = best["bytes"] / 1e6
-    print(f"weight_bytes_MB {mb:.1f}")
-    print("engines 2")
-    for phase in ("produce_s", "pack_s", "put_s", "load_wait_s", "finish_s", "total_s"):
-        print(f"sync_{phase} {best[phase]:.4f}")
-    print(f"sync_throughput_MB_per_s {mb / best['total_s']:.1f}")
-    print(f"memcpy_throughput_MB_per_s {mb / best['memcpy_s']:.1f}")
-    print(f"ratio_sync_to_memcpy {best['memcpy_s'] / best['total_s']:.3f}")
+    print(f"weight sync of {mb:.1f} MB to 2 engines; phases (s): " + ", ".join(
+        f"{phase} {best[phase]:.4f}" for phase in ("produce_s", "pack_s", "put_s",
+                                                  "load_wait_s", "finish_s", "total_s")))
+    emit([Figure("weight_sync.bytes", mb, "MB"),
+          higher_is_better("weight_sync.throughput", mb / best["total_s"], "MB/s",
+                           mb / best["memcpy_s"])], args.json)
     return 0
 
 
