@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     to_hf.add_argument("--mcore", required=True, help="torch_dist checkpoint directory")
     to_hf.add_argument("--out", required=True, help="output directory (must not exist)")
     to_hf.add_argument("--max-shard-gb", type=float, default=2.0, help="safetensors shard size")
+    to_hf.add_argument("--threads", type=int, default=4,
+                       help="slices read, split and written at once")
     return parser
 
 
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.direction == "hf-to-mcore":
             out = hf_to_mcore(args.hf, args.out, threads=args.threads)
         else:
-            out = mcore_to_hf(args.mcore, args.out, int(args.max_shard_gb * 1024**3))
+            out = mcore_to_hf(args.mcore, args.out, int(args.max_shard_gb * 1024**3),
+                              threads=args.threads)
     except (CheckpointError, ConfigError) as err:
         print(f"convert_checkpoint: error: {err}", file=sys.stderr)
         return 2
