@@ -48,7 +48,13 @@ def torch_requirement() -> str:
 
 EXTRAS = {
     "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
-    "gpu": ["vllm>=0.11", "transformer-engine[pytorch]>=2.9,<2.12"],
+    # the GPU image's pins (Dockerfile; docker/PINS.md): vLLM requires torch==2.10.0, and
+    # Transformer Engine's PyTorch extension must be built against that torch
+    # (pip install --no-build-isolation after torch), within megatron-core 0.16.1's range
+    "gpu": ["vllm==0.19.1", "transformer-engine[pytorch,core_cu12]==2.11.0"],
+    # tools/bench/trl_grpo.py only (peer comparison with TRL's GRPOTrainer); never imported
+    # by the library
+    "bench": ["trl==1.16.0", "accelerate==1.15.0"],
 }
 
 setup(

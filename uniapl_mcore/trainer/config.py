@@ -135,7 +135,7 @@ class UniaplConfig(RunConfig):
         objective="uniapl", alpha=0.5, lambda_adv=1e-2, adv_on_sft_rows=False))
     data: DataConfig = field(default_factory=lambda: DataConfig(
         expert_fraction=0.875, max_prompt_tokens=256, max_response_tokens=256,
-        micro_batch_tokens=4096, toy=ToyTaskConfig(max_constraints=2)))
+        micro_batch_tokens=1024, toy=ToyTaskConfig(max_constraints=2)))
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(num_workers=0))
     rollout: RolloutConfig = field(default_factory=_toy_rollout)
     discriminator: DiscriminatorConfig = field(
@@ -168,8 +168,22 @@ class UniaplConfig(RunConfig):
         check(longest <= self.model.max_position_embeddings, "model.max_position_embeddings",
               f"{self.model.max_position_embeddings} cannot hold data.max_prompt_tokens + the "
               f"longest response = {longest} tokens")
+        # the trainer packs each step's rows into micro-batches of at most this many padded
+        # positions (pipeline parallel size 1); the longest row must fit in one
+        check(longest - 1 <= self.data.micro_batch_tokens, "data.micro_batch_tokens",
+              f"{self.data.micro_batch_tokens} cannot hold the longest row (data."
+              f"max_prompt_tokens + the longest response - 1 = {longest - 1} tokens)")
         check(not self.loss.kl_in_reward, "loss.kl_in_reward",
               "not supported by the online trainer (it applies the KL in the loss); set false")
+        check(not self.model.fp8.enabled or self.data.pad_to_multiple_of % 16 == 0,
+              "data.pad_to_multiple_of", f"FP8 GEMMs need token counts in multiples of 16: "
+                                         f"set 16 (got {self.data.pad_to_multiple_of})")
+        for section, parallel in (("parallel", self.parallel),
+                                  ("discriminator.parallel", self.discriminator.parallel)):
+            check(not parallel.overlap_param_gather, f"{section}.overlap_param_gather",
+                  "not supported by the online trainer: it reads the weights right after each "
+                  "optimizer step (weight sync, checkpoints), before a forward pass would "
+                  "finish the deferred all-gather; use overlap_grad_reduce alone")
         for stage in self.resolved_stages():
             check(stage.objective != "a_sft" or stage.loss.resolved_adv_on_sft_rows,
                   "loss.adv_on_sft_rows", "a_sft's adversarial term acts on student rollouts "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -44,10 +45,11 @@ from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
 from uniapl_mcore.trainer.config import ResolvedStage, UniaplConfig
 from uniapl_mcore.trainer.experience import (
     Sequence,
+    StepBatches,
     broadcast_sequences,
     micro_batches,
     pad_to_multiple,
-    shard_for_rank,
+    step_micro_batches,
     step_width,
 )
 from uniapl_mcore.trainer.forward import forward_logprobs
@@ -261,7 +263,8 @@ class Trainer:
             metrics.update(found)
         with timer("broadcast"):
             seqs = broadcast_sequences(seqs)
-        batches = self._micro_batches(seqs)
+        step_batches = self._micro_batches(seqs)
+        batches = step_batches.batches
         if stage.needs_reference:
             with timer("ref_logprobs"):
                 self._attach_reference_logprobs(batches)
@@ -279,17 +282,22 @@ class Trainer:
             self.sync_weights()
         metrics.update(self._to_rank0(found))
         metrics["train/rows"] = float(sum(s.kind != RowKind.IGNORE for s in seqs))
+        metrics.update(step_batches.metrics())
         metrics.update(timer.metrics())
         return metrics
 
-    def _micro_batches(self, seqs: list[Sequence]) -> list[PolicyMicroBatch]:
-        mbs = self.cfg.train.micro_batch_size
-        padded = pad_to_multiple(seqs, mbs * self.layout.dp)
-        mine = shard_for_rank(padded, self.layout.dp_rank, self.layout.dp)
-        # rollouts of PREF prompts first: only their micro-batches need reference log-probs
-        mine.sort(key=lambda s: s.kind != RowKind.PREF)
-        return micro_batches(mine, mbs, step_width(padded),
-                             explicit_mask=self.layout.device.type == "cpu")
+    def _micro_batches(self, seqs: list[Sequence]) -> StepBatches:
+        """This rank's micro-batches: packed under ``data.micro_batch_tokens`` (each padded
+        to its own longest row), or — with PP > 1, whose P2P sends need one shape —
+        ``train.micro_batch_size`` rows of the step's common width. PREF rows come first
+        (only their micro-batches need reference log-probs)."""
+        pipelined = self.layout.pp > 1
+        return step_micro_batches(
+            seqs, self.layout.dp, self.layout.dp_rank,
+            explicit_mask=self.layout.device.type == "cpu",
+            budget_tokens=None if pipelined else self.cfg.data.micro_batch_tokens,
+            rows_per_micro_batch=self.cfg.train.micro_batch_size,
+            pad_multiple=self.cfg.data.pad_to_multiple_of)
 
     def _attach_reference_logprobs(self, batches: list[PolicyMicroBatch]) -> None:
         """π_ref log-probs for the micro-batches that hold PREF rows (the KL's slice); the
@@ -365,7 +373,8 @@ class Trainer:
         seqs = broadcast_sequences(seqs)
         mbs = self.cfg.train.micro_batch_size
         padded = pad_to_multiple(seqs, mbs)
-        batches = micro_batches(padded, mbs, step_width(padded),
+        width = step_width(padded, math.lcm(8, self.cfg.data.pad_to_multiple_of))  # FP8: 16
+        batches = micro_batches(padded, mbs, width,
                                 explicit_mask=self.layout.device.type == "cpu")
         logps = forward_logprobs(self.policy.chunks, batches, self.layout,
                                  self.cfg.model.vocab_size, 1.0,
