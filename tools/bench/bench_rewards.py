@@ -149,23 +149,23 @@ def main() -> None:
 def _one_process_per_second(n: int, repeats: int) -> float:
     """The baseline: in-process evaluation, wall-clock responses per second (best of)."""
     evaluate(*build_mix(50, seed=1))  # load resources first, as the pool's warm-up does
-    best = float("inf")
-    for rep in range(repeats):
-        rows, responses = build_mix(n, seed=200 + rep)
-        start = time.perf_counter()
-        evaluate(rows, responses)
-        best = min(best, time.perf_counter() - start)
-    return n / best
+    return _best_rate(n, repeats, time.perf_counter, seed=200)
 
 
 def _per_cpu_second(n: int, repeats: int) -> float:
     """In-process throughput per CPU-second (``time.process_time``)."""
+    return _best_rate(n, repeats, time.process_time, seed=100)
+
+
+def _best_rate(n: int, repeats: int, clock, seed: int) -> float:
+    """Responses per ``clock`` second of in-process evaluation of ``n`` fresh responses,
+    the best of ``repeats``."""
     best = float("inf")
     for rep in range(repeats):
-        rows, responses = build_mix(n, seed=100 + rep)
-        start = time.process_time()
+        rows, responses = build_mix(n, seed=seed + rep)
+        start = clock()
         evaluate(rows, responses)
-        best = min(best, time.process_time() - start)
+        best = min(best, clock() - start)
     return n / best
 
 

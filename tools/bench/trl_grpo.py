@@ -116,8 +116,8 @@ class Settings:
     train_prompts: int = 8
     #: timed optimizer steps on the fixed batch (after one warm-up step)
     repeats: int = 3
-    #: our token budget per micro-batch (``data.micro_batch_tokens``; the toy default is
-    #: 4096, 1024 suits this model on CPU: less padding, few micro-batches)
+    #: our token budget per micro-batch (``data.micro_batch_tokens``, as the toy default:
+    #: on CPU, little padding and few micro-batches)
     micro_batch_tokens: int = 1024
     #: TRL's ``per_device_train_batch_size`` (0: the whole step in one micro-batch, TRL's
     #: fastest here: it pads the whole generation batch to one width before splitting)
