@@ -154,6 +154,8 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, threads: int = 2) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:  # DCP runs one writer in this thread: drop its buffers (the others end with
+        _SCRATCH.__dict__.pop("cache", None)  # their threads)
     logger.info("converted %s (%s, %d layers) → %s", hf_dir, bundle.name, model.num_layers, out)
     return out
 

@@ -262,5 +262,4 @@ def shard_for_rank(seqs: list[Sequence], dp_rank: int, dp: int) -> list[Sequence
 
 def step_width(seqs: Seq[Sequence], multiple: int = 8) -> int:
     """The common micro-batch width of the step: the longest row, rounded up."""
-    longest = max((s.length for s in seqs), default=1)
-    return -(-longest // multiple) * multiple
+    return round_up(max((s.length for s in seqs), default=1), multiple)
