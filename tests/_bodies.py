@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from uniapl_mcore.checkpoint.training_state import save_checkpoint
 from uniapl_mcore.config import load_config
+from uniapl_mcore.megatron.checkpointing import save_checkpoint
+from uniapl_mcore.megatron.model import build_trainable_model
 from uniapl_mcore.runtime.parallel import init_parallel
-from uniapl_mcore.trainer.megatron_setup import build_trainable_model
 from uniapl_mcore.trainer.smoke import run_smoke_training
 
 
@@ -33,7 +33,7 @@ def describe_model(overrides: list[str]) -> dict:
     """Build the policy at one process and report its structure and a causality probe."""
     import torch
 
-    from uniapl_mcore.trainer.lm_step import causal_mask
+    from uniapl_mcore.megatron.schedule import causal_mask
 
     cfg = load_config(None, overrides)
     layout = init_parallel(cfg.parallel, cfg.train.seed)

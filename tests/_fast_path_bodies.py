@@ -42,10 +42,10 @@ def train_variants(variants: dict[str, list[str]], measure_saved: bool = False
     import torch.distributed as dist
 
     from uniapl_mcore.config import load_config
+    from uniapl_mcore.megatron.model import build_trainable_model
     from uniapl_mcore.runtime.dist_env import DistEnv
     from uniapl_mcore.runtime.parallel import init_parallel
     from uniapl_mcore.trainer.lm_step import train_step
-    from uniapl_mcore.trainer.megatron_setup import build_trainable_model
     from uniapl_mcore.trainer.smoke import local_micro_batches
 
     env = DistEnv.from_environ()

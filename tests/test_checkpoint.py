@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from uniapl_mcore.checkpoint.training_state import (
+from uniapl_mcore.megatron.checkpointing import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from uniapl_mcore.config import ConfigError, load_config
+from uniapl_mcore.megatron.model import ddp_config
 from uniapl_mcore.models import gpt
 from uniapl_mcore.models.gpt import transformer_config
 from uniapl_mcore.testing import run_distributed
 from uniapl_mcore.trainer.config import UniaplConfig
-from uniapl_mcore.trainer.megatron_setup import ddp_config
 
 from ._fast_path_bodies import train_variants
 

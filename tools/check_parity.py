@@ -6,7 +6,7 @@
 
 import sys
 
-from uniapl_mcore.checkpoint.parity import main
+from uniapl_mcore.megatron.parity import main
 
 if __name__ == "__main__":
     sys.exit(main())

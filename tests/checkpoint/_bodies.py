@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from uniapl_mcore.checkpoint import parity
+from uniapl_mcore.megatron import parity
 
 
 def parity_json(hf: str, mcore: str, tp: int, pp: int, ep: int = 1,
@@ -19,11 +19,11 @@ def live_export(hf: str, mcore: str, tp: int, pp: int, ep: int, dst: int | None,
     (each bucket copied before the next is asked for, as ``ring`` reuse requires)."""
     from uniapl_mcore.checkpoint.convert import load_hf_architecture
     from uniapl_mcore.checkpoint.live_export import LiveExporter
-    from uniapl_mcore.checkpoint.training_state import load_checkpoint
     from uniapl_mcore.config import ParallelConfig
+    from uniapl_mcore.megatron.checkpointing import load_checkpoint
+    from uniapl_mcore.megatron.model import TrainableModel
     from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
     from uniapl_mcore.runtime.parallel import init_parallel
-    from uniapl_mcore.trainer.megatron_setup import TrainableModel
 
     _, bundle, model = load_hf_architecture(hf)
     parallel = ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp,

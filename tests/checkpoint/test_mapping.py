@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uniapl_mcore.checkpoint.mapping import (
+from uniapl_mcore.models.mapping import (
     AttentionShape,
     TensorRule,
     merge_qkv,

@@ -32,9 +32,9 @@ def packed_vs_separate_logits(seed: int) -> dict[str, float]:
 
     from uniapl_mcore.config import load_config
     from uniapl_mcore.data.packing import PackItem, pack
+    from uniapl_mcore.megatron.model import build_trainable_model
+    from uniapl_mcore.megatron.schedule import causal_mask
     from uniapl_mcore.runtime.parallel import init_parallel
-    from uniapl_mcore.trainer.lm_step import causal_mask
-    from uniapl_mcore.trainer.megatron_setup import build_trainable_model
 
     cfg = load_config(None, [])
     layout = init_parallel(cfg.parallel, cfg.train.seed)
@@ -48,10 +48,9 @@ def packed_vs_separate_logits(seed: int) -> dict[str, float]:
                           [0] * 2 + [1] * (n - 2), key=i) for i, n in enumerate(lengths)]
         batches, _ = pack(items, micro_batch_tokens=40, pad_id=0)
         (mb,) = batches
-        batch = mb.to_token_batch()
         worst = 0.0
         with torch.no_grad():
-            packed = gpt(batch.tokens, batch.position_ids, batch.attention_mask)
+            packed = gpt(mb.tokens, mb.position_ids, mb.attention_mask())
             for key, sl in zip(mb.keys, mb.sequence_slices(), strict=True):
                 ids = torch.tensor(items[key].ids[:-1]).unsqueeze(0)
                 pos = torch.arange(ids.shape[1]).unsqueeze(0)

@@ -67,9 +67,6 @@ def test_block_causal_mask_matches_per_sequence_causal_masks():
         assert blocked[lo:hi, :lo].all() and blocked[lo:hi, hi:].all()
     assert torch.equal(block_causal_mask(torch.tensor([0, 3]), 3)[0, 0],
                        torch.ones(3, 3, dtype=torch.bool).triu(1))
-    batch = mb.to_token_batch()
-    assert torch.equal(batch.attention_mask, mb.attention_mask())
-    assert torch.equal(batch.labels, mb.labels)
 
 
 def test_thd_packed_seq_params():

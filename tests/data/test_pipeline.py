@@ -58,9 +58,9 @@ def test_one_step_from_sampler_to_micro_batches(toy_bundle):
     assert len(via_config) == 2 and stats2.real_tokens == stats.real_tokens
     if not torch.cuda.is_available():
         assert fmt == "mask" and via_config[0].length == 1024
-    tb = batches[0].to_token_batch()
+    tb = batches[0]
     assert tb.tokens.shape == tb.labels.shape == tb.loss_mask.shape == (1, 1024)
-    assert tb.attention_mask.shape == (1, 1, 1024, 1024)
+    assert tb.attention_mask().shape == (1, 1, 1024, 1024)
     assert int(tb.loss_mask.sum()) == sum(sum(it.loss_mask[1:]) for it in items)
     assert tb.tokens.dtype == torch.long
 

@@ -18,7 +18,7 @@ def _perturb(gpt, scale: float) -> None:
 def _response_logprobs(gpt, layout, sequences: list[list[int]], starts: list[int]
                        ) -> list[list[float]]:
     """Trainer log-probs of tokens ``seq[start:]`` (Megatron forward, right-padded batch)."""
-    from uniapl_mcore.checkpoint.parity import megatron_logits
+    from uniapl_mcore.megatron.parity import megatron_logits
 
     width = max(len(s) for s in sequences)
     tokens = torch.zeros(len(sequences), width, dtype=torch.long)
@@ -42,14 +42,14 @@ def sync_and_compare(hf: str, mcore: str, ray_address: str, tp: int, num_engines
     import torch.distributed as dist
 
     from uniapl_mcore.checkpoint.convert import load_hf_architecture
-    from uniapl_mcore.checkpoint.training_state import load_checkpoint
     from uniapl_mcore.config import ParallelConfig
+    from uniapl_mcore.megatron.checkpointing import load_checkpoint
+    from uniapl_mcore.megatron.model import TrainableModel
     from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
     from uniapl_mcore.rollout.pool import EnginePool, PoolError, default_spec
     from uniapl_mcore.rollout.types import GenerationRequest, SamplingParams
     from uniapl_mcore.rollout.weight_sync import sync_from_megatron
     from uniapl_mcore.runtime.parallel import init_parallel
-    from uniapl_mcore.trainer.megatron_setup import TrainableModel
 
     _, bundle, model = load_hf_architecture(hf)
     layout = init_parallel(ParallelConfig(tensor_parallel_size=tp), seed=0)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from uniapl_mcore.checkpoint.training_state import load_checkpoint
 from uniapl_mcore.config import load_config
 from uniapl_mcore.losses import LossConfig, RowKind, step_denominators
+from uniapl_mcore.megatron.checkpointing import load_checkpoint
+from uniapl_mcore.megatron.model import build_trainable_model
+from uniapl_mcore.megatron.schedule import causal_mask
 from uniapl_mcore.runtime.parallel import init_parallel
-from uniapl_mcore.trainer.lm_step import causal_mask
-from uniapl_mcore.trainer.megatron_setup import build_trainable_model
 from uniapl_mcore.trainer.policy_step import PolicyMicroBatch, policy_forward_backward
 
 ROWS, SEQ, VOCAB = 8, 20, 128

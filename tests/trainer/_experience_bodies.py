@@ -28,12 +28,12 @@ def split_gradient(init: str, budget_tokens: int | None,
     """Gradient and metrics of the unified loss over :func:`mixed_sequences` from the
     weights at ``init``, cut into micro-batches by ``experience.step_micro_batches`` at this
     rank's DP layout (``budget_tokens`` None: the common-width layout)."""
-    from uniapl_mcore.checkpoint.training_state import load_checkpoint, unwrap_model
     from uniapl_mcore.config import load_config
     from uniapl_mcore.losses import LossConfig, step_denominators
+    from uniapl_mcore.megatron.checkpointing import load_checkpoint, unwrap_model
+    from uniapl_mcore.megatron.model import build_trainable_model
     from uniapl_mcore.runtime.parallel import init_parallel
     from uniapl_mcore.trainer.experience import step_micro_batches
-    from uniapl_mcore.trainer.megatron_setup import build_trainable_model
     from uniapl_mcore.trainer.policy_step import policy_forward_backward
 
     cfg = load_config(None, ["optimizer.use_distributed_optimizer=false"])

@@ -47,7 +47,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -181,12 +181,16 @@ class MicroBatch:
     lengths: list[int]
     attention_mask: Any = None
 
+    def to(self, device: Any) -> MicroBatch:
+        """Already on the GPU (the schedule's device hook): itself."""
+        return self
+
 
 def plain_micro_batch(vocab: int, seq_length: int, generator) -> MicroBatch:
     """One row of ``seq_length`` random tokens (causal attention over all of it)."""
     import torch
 
-    from uniapl_mcore.trainer.lm_step import causal_mask
+    from uniapl_mcore.megatron.schedule import causal_mask
 
     ids = torch.randint(0, vocab, (1, seq_length + 1), generator=generator)
     positions = torch.arange(seq_length).unsqueeze(0)
@@ -227,28 +231,18 @@ def _loss(loss_mask, per_token_loss):
     return loss_sum, loss_mask.sum().to(torch.int), {"lm_loss": loss_sum.detach()}
 
 
-def _forward_step(data_iterator: Iterator[MicroBatch], model):
-    mb = next(data_iterator)
+def _forward_step(mb: MicroBatch, model):
     output = model(input_ids=mb.tokens, position_ids=mb.position_ids,
                    attention_mask=mb.attention_mask, labels=mb.labels,
                    packed_seq_params=mb.packed)
     return output, partial(_loss, mb.loss_mask)
 
 
-def train_step(trainable, micro_batches: list[MicroBatch]) -> None:
+def train_step(trainable, micro_batches: list[MicroBatch], layout) -> None:
     """Forward + backward over ``micro_batches``, one optimizer and LR-schedule step."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from uniapl_mcore.megatron.schedule import train_on_batches
 
-    trainable.train()
-    for chunk in trainable.chunks:
-        chunk.zero_grad_buffer()
-    trainable.optimizer.zero_grad()
-    get_forward_backward_func()(
-        forward_step_func=_forward_step, data_iterator=iter(micro_batches),
-        model=trainable.chunks, num_microbatches=len(micro_batches),
-        seq_length=micro_batches[0].tokens.shape[1], micro_batch_size=1, forward_only=False)
-    trainable.optimizer.step()
-    trainable.scheduler.step(increment=1)
+    train_on_batches(trainable, micro_batches, _forward_step, layout)
 
 
 # --------------------------------------------------------------------------- one run
@@ -284,7 +278,7 @@ def measure(label: str, model: ModelConfig, layout, args: argparse.Namespace) ->
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from uniapl_mcore.trainer.megatron_setup import build_trainable_model
+    from uniapl_mcore.megatron.model import build_trainable_model
 
     generator = torch.Generator().manual_seed(args.seed)
     make = packed_micro_batch if args.packing == "thd" else plain_micro_batch
@@ -302,11 +296,11 @@ def measure(label: str, model: ModelConfig, layout, args: argparse.Namespace) ->
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         for _ in range(args.warmup):
-            train_step(trainable, batches)
+            train_step(trainable, batches, layout)
         torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(args.steps):
-            train_step(trainable, batches)
+            train_step(trainable, batches, layout)
         torch.cuda.synchronize()
         step_s = (time.perf_counter() - start) / args.steps
         peak = torch.cuda.max_memory_allocated() / GIB if cuda else 0.0
@@ -314,7 +308,7 @@ def measure(label: str, model: ModelConfig, layout, args: argparse.Namespace) ->
         if args.profile_steps:
             with profile(activities=activities) as prof:
                 for _ in range(args.profile_steps):
-                    train_step(trainable, batches)
+                    train_step(trainable, batches, layout)
                 torch.cuda.synchronize()
             kernels = top_cuda_kernels(prof, args.profile_steps)
     finally:

@@ -332,11 +332,11 @@ def run_ours_step(s: Settings, work: Path) -> dict[str, Any]:
 
 def run_ours_train(s: Settings, work: Path) -> dict[str, Any]:
     """Our training phase on the fixed batch: micro-batches + ``policy_train_step``."""
-    from uniapl_mcore.checkpoint.training_state import load_checkpoint
     from uniapl_mcore.losses import RowKind, step_denominators
+    from uniapl_mcore.megatron.checkpointing import load_checkpoint
+    from uniapl_mcore.megatron.model import build_trainable_model
     from uniapl_mcore.runtime.parallel import init_parallel
     from uniapl_mcore.trainer.experience import Sequence, step_micro_batches
-    from uniapl_mcore.trainer.megatron_setup import build_trainable_model
     from uniapl_mcore.trainer.policy_step import policy_train_step
 
     cfg = our_config(s, work)

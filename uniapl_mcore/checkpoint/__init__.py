@@ -1,1 +1,1 @@
-"""Checkpoints: training state (atomic, any layout), HF mapping, streaming export."""
+"""Checkpoints: HF ↔ Megatron conversion, HF / torch_dist readers, streaming export."""

@@ -3,7 +3,7 @@
 Both directions stream: one HF tensor group (one layer's q/k/v, say) is in memory at a time,
 dtypes are preserved, and the output appears only when complete (written to
 ``<out>.tmp-<pid>`` and renamed). ``hf-to-mcore`` output loads at any TP/PP/EP through
-``uniapl_mcore.checkpoint.training_state.load_checkpoint``; it also keeps the HF
+``uniapl_mcore.megatron.checkpointing.load_checkpoint``; it also keeps the HF
 ``config.json`` and tokenizer files (``hf/``) so ``mcore-to-hf`` can restore them.
 """
 
@@ -29,10 +29,10 @@ from uniapl_mcore.checkpoint.hf_io import (
     SafetensorsShardWriter,
     copy_side_files,
 )
-from uniapl_mcore.checkpoint.mapping import TensorRule, to_hf, to_mcore
 from uniapl_mcore.config import ModelConfig
 from uniapl_mcore.models.gpt import torch_dtype
 from uniapl_mcore.models.hf_config import HFConfig
+from uniapl_mcore.models.mapping import TensorRule, to_hf, to_mcore
 from uniapl_mcore.models.registry import ModelBundle, bundle_for
 
 logger = logging.getLogger(__name__)

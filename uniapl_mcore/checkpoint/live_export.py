@@ -6,7 +6,7 @@ checkpoints use), so TP shards, pipeline stages, expert-parallel experts and tie
 embeddings are all handled by one mechanism: for each (key, layer[, expert]) task, the
 owners of the main replicas of the overlapping pieces send them, the receiving ranks
 assemble the Megatron tensor and split it into HF tensors with the same
-:func:`~uniapl_mcore.checkpoint.mapping.to_hf` the offline converter uses (so the stream
+:func:`~uniapl_mcore.models.mapping.to_hf` the offline converter uses (so the stream
 equals ``mcore-to-hf`` output byte for byte).
 
 All ranks must iterate :func:`iter_hf_buckets` together (it runs collectives). Tasks are in
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from uniapl_mcore.checkpoint.mapping import TensorRule, to_hf
 from uniapl_mcore.config import ModelConfig
 from uniapl_mcore.models.gpt import torch_dtype
+from uniapl_mcore.models.mapping import TensorRule, to_hf
 
 
 @dataclass(frozen=True)

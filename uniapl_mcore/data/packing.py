@@ -8,7 +8,7 @@ position ids restarting at 0 per sequence. Two ways to keep sequences apart in a
 
 * **THD** (:meth:`PackedMicroBatch.packed_seq_params`): Megatron's ``PackedSeqParams`` with
   ``cu_seqlens`` — for Transformer Engine's fused attention (GPU);
-* **mask** (:meth:`PackedMicroBatch.to_token_batch`): an explicit block-diagonal causal
+* **mask** (:meth:`PackedMicroBatch.attention_mask`): an explicit block-diagonal causal
   mask ``[1, 1, T, T]`` — for Megatron's local (unfused) attention, the CPU path.
 
 Padding (loss mask 0) fills the tail up to the fixed length or alignment; it is its own
@@ -120,13 +120,6 @@ class PackedMicroBatch:
     def attention_mask(self) -> torch.Tensor:
         """bool [1, 1, T, T], True where attention is blocked (Megatron convention)."""
         return block_causal_mask(self.cu_seqlens, self.length)
-
-    def to_token_batch(self, explicit_mask: bool = True):
-        """The trainer's ``TokenBatch`` with the block-diagonal causal mask."""
-        from uniapl_mcore.trainer.lm_step import TokenBatch
-
-        mask = self.attention_mask() if explicit_mask else None
-        return TokenBatch(self.tokens, self.labels, self.loss_mask, self.position_ids, mask)
 
     def packed_seq_params(self):
         """Megatron ``PackedSeqParams`` (THD) for this micro-batch."""

@@ -248,7 +248,7 @@ class DataBundle:
         """Pack ``items`` per the config: (micro-batches, stats, format "thd" | "mask").
 
         ``mask``: fixed-length micro-batches of ``micro_batch_tokens`` (use
-        ``to_token_batch()``); ``thd``: content rounded up to ``pad_to_multiple_of`` (use
+        ``attention_mask()``); ``thd``: content rounded up to ``pad_to_multiple_of`` (use
         ``packed_seq_params()``). Padding uses the tokenizer's pad token.
         """
         fmt = resolve_packing_format(self.config.packing)

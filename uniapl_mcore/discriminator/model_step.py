@@ -10,16 +10,16 @@ the micro-batches, pipelined when PP > 1; results exist on the last pipeline sta
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 
+from uniapl_mcore.megatron.model import TrainableModel
+from uniapl_mcore.megatron.schedule import causal_mask, run_schedule, train_on_batches
 from uniapl_mcore.runtime.parallel import ParallelLayout
-from uniapl_mcore.trainer.lm_step import causal_mask
-from uniapl_mcore.trainer.megatron_setup import TrainableModel
 
 
 @dataclass
@@ -106,30 +106,15 @@ def _collect_scores(batch: ScoreBatch, output: torch.Tensor):
     return torch.zeros((), device=output.device), {"scores": scores, "valid": batch.valid}
 
 
-def _score_forward_step(data_iterator: Iterator[ScoreBatch], model, device: torch.device):
-    batch = next(data_iterator).to(device)
+def _score_forward_step(batch: ScoreBatch, model):
     output = model(batch.tokens, batch.position_ids, batch.attention_mask)
     return output, partial(_collect_scores, batch)
-
-
-def _run_schedule(chunks: list[Any], batches: list[ScoreBatch], forward_step, layout:
-                  ParallelLayout, forward_only: bool) -> list[dict[str, torch.Tensor]]:
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    first = batches[0].tokens
-    return get_forward_backward_func()(
-        forward_step_func=partial(forward_step, device=layout.device),
-        data_iterator=iter(batches), model=chunks, num_microbatches=len(batches),
-        seq_length=first.shape[1], micro_batch_size=first.shape[0], forward_only=forward_only)
 
 
 def forward_scores(chunks: list[Any], batches: list[ScoreBatch],
                    layout: ParallelLayout) -> torch.Tensor | None:
     """Scores fp32 [n real rows], in batch order, on the last pipeline stage; None elsewhere."""
-    for chunk in chunks:
-        chunk.eval()
-    with torch.no_grad():
-        outputs = _run_schedule(chunks, batches, _score_forward_step, layout, forward_only=True)
+    outputs = run_schedule(chunks, batches, _score_forward_step, layout, forward_only=True)
     if not layout.is_last_stage:
         return None
     return torch.cat([o["scores"][o["valid"]] for o in outputs]).cpu()
@@ -152,8 +137,7 @@ def _pair_loss(batch: ScoreBatch, output: torch.Tensor):
     return loss_sum, pairs.to(torch.int), {"bt": stats}
 
 
-def _pair_forward_step(data_iterator: Iterator[ScoreBatch], model, device: torch.device):
-    batch = next(data_iterator).to(device)
+def _pair_forward_step(batch: ScoreBatch, model):
     output = model(batch.tokens, batch.position_ids, batch.attention_mask)
     return output, partial(_pair_loss, batch)
 
@@ -167,16 +151,8 @@ def bradley_terry_step(trainable: TrainableModel, batches: list[ScoreBatch],
     update; the learning rate used; the global gradient norm before clipping); the last two
     only on other stages.
     """
-    trainable.train()
-    for chunk in trainable.chunks:
-        chunk.zero_grad_buffer()
-    trainable.optimizer.zero_grad()
-    outputs = _run_schedule(trainable.chunks, batches, _pair_forward_step, layout,
-                            forward_only=False)
-    lr = float(trainable.optimizer.param_groups[0]["lr"])
-    _, grad_norm, _ = trainable.optimizer.step()
-    trainable.scheduler.step(increment=1)
-    metrics = {"disc/lr": lr, "disc/grad_norm": float(grad_norm or 0.0)}
+    outputs, optim = train_on_batches(trainable, batches, _pair_forward_step, layout)
+    metrics = {"disc/lr": optim.lr, "disc/grad_norm": optim.grad_norm}
     if layout.is_last_stage:
         total = torch.stack([o["bt"].double().cpu() for o in outputs]).sum(0)
         pairs = float(total[3].clamp(min=1))

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from uniapl_mcore.trainer.megatron_setup import TrainableModel
+from uniapl_mcore.megatron.model import TrainableModel
 
 logger = logging.getLogger(__name__)
 

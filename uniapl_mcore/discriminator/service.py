@@ -102,8 +102,8 @@ class DiscriminatorWorker:
                 "parameters": int(params), "pid": os.getpid()}
 
     def _build(self):
+        from uniapl_mcore.megatron.model import TrainableModel, build_trainable_model
         from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
-        from uniapl_mcore.trainer.megatron_setup import TrainableModel, build_trainable_model
 
         spec, layout = self.spec, self.layout
         if spec.role == "trainable":
@@ -172,7 +172,7 @@ class DiscriminatorWorker:
         directory first, renamed into place when every rank finished."""
         import torch.distributed as dist
 
-        from uniapl_mcore.checkpoint.training_state import write_model_state
+        from uniapl_mcore.megatron.checkpointing import write_model_state
 
         final = Path(directory)
         staging = final.parent / f".tmp.{final.name}"
@@ -207,7 +207,7 @@ class DiscriminatorWorker:
         return {"updates": self.updates, "optimizer": with_optimizer}
 
     def _load(self, path: str, with_optimizer: bool) -> dict[str, Any]:
-        from uniapl_mcore.checkpoint.training_state import load_checkpoint
+        from uniapl_mcore.megatron.checkpointing import load_checkpoint
 
         common = load_checkpoint(path, self.model, include_optimizer=with_optimizer)
         if self.model.optimizer is not None and not with_optimizer:

@@ -4,7 +4,7 @@ The model is plain Megatron-Core: :func:`transformer_config` maps our :class:`Mo
 onto ``TransformerConfig``; :func:`layer_spec` picks the Transformer Engine spec when
 ``transformer_engine`` imports (and the config allows it), the local spec otherwise;
 :func:`build_gpt_model` builds this rank's pipeline stage. Parallelism (DDP wrapping,
-optimizer) is applied elsewhere (``uniapl_mcore.trainer.megatron_setup``).
+optimizer) is applied elsewhere (``uniapl_mcore.megatron.model``).
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from uniapl_mcore.checkpoint.mapping import AttentionShape, TensorRule
 from uniapl_mcore.config import ConfigError, ModelConfig
 from uniapl_mcore.models.hf_config import HFConfig
+from uniapl_mcore.models.mapping import AttentionShape, TensorRule
 
 _LAYER = "model.layers.{layer}."
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from uniapl_mcore.checkpoint.mapping import AttentionShape, TensorRule
 from uniapl_mcore.config import ConfigError, ModelConfig
 from uniapl_mcore.models.hf_config import HFConfig
+from uniapl_mcore.models.mapping import AttentionShape, TensorRule
 
 _LAYER = "model.layers.{layer}."
 _ATTN = _LAYER + "self_attn."

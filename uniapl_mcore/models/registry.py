@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from uniapl_mcore.checkpoint.mapping import AttentionShape, TensorRule
 from uniapl_mcore.config import ConfigError, ModelConfig
 from uniapl_mcore.models.hf_config import HFConfig
 from uniapl_mcore.models.internlm2 import INTERNLM2
+from uniapl_mcore.models.mapping import AttentionShape, TensorRule
 from uniapl_mcore.models.qwen3 import LLAMA, QWEN2, QWEN3, QWEN3_MOE
 
 

@@ -6,7 +6,7 @@
   plain ``torch.mm`` branch the code already has.
 
 (The distributed optimizer's torch-Adam checkpoint issues are handled where checkpoints load:
-``uniapl_mcore.checkpoint.training_state``.)
+``uniapl_mcore.megatron.checkpointing``.)
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Training: Megatron model/optimizer setup, the training step, the loop."""
+"""Training: the policy step, the UniAPL loop and its driver, config, CLI."""

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from uniapl_mcore.losses import RowKind
-from uniapl_mcore.trainer.lm_step import causal_mask
+from uniapl_mcore.megatron.schedule import causal_mask
 from uniapl_mcore.trainer.policy_step import PolicyMicroBatch
 
 

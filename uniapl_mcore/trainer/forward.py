@@ -7,6 +7,7 @@ from functools import partial
 import torch
 
 from uniapl_mcore.losses import vocab_parallel_logprobs
+from uniapl_mcore.megatron.schedule import run_schedule
 from uniapl_mcore.runtime.parallel import ParallelLayout
 from uniapl_mcore.trainer.policy_step import PolicyMicroBatch, mask_padded_vocab
 
@@ -19,8 +20,7 @@ def _collect(batch: PolicyMicroBatch, vocab: tuple[int | None, int], temperature
     return torch.zeros((), device=logits.device), {"logp": logp.detach()}
 
 
-def _forward_step(data_iterator, model, *, vocab, temperature, chunk_tokens, device):
-    batch: PolicyMicroBatch = next(data_iterator).to(device)
+def _forward_step(batch: PolicyMicroBatch, model, *, vocab, temperature, chunk_tokens):
     logits = model(batch.tokens, batch.position_ids, batch.attention_mask)
     return logits, partial(_collect, batch, vocab, temperature, chunk_tokens)
 
@@ -31,21 +31,9 @@ def forward_logprobs(chunks: list, micro_batches: list[PolicyMicroBatch],
                      ) -> list[torch.Tensor] | None:
     """log π(target) fp32 [b, s] per micro-batch (0 where ``loss_mask`` is 0), on the last
     pipeline stage; None on the other stages. Collective over the model-parallel group."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    if not micro_batches:
-        return [] if layout.is_last_stage else None
-    for chunk in chunks:
-        chunk.eval()
-    first = micro_batches[0].tokens
-    with torch.no_grad():
-        outputs = get_forward_backward_func()(
-            forward_step_func=partial(_forward_step, vocab=(vocab_size, layout.tp_rank),
-                                      temperature=temperature, chunk_tokens=chunk_tokens,
-                                      device=layout.device),
-            data_iterator=iter(micro_batches), model=chunks,
-            num_microbatches=len(micro_batches), seq_length=first.shape[1],
-            micro_batch_size=first.shape[0], forward_only=True)
+    forward_step = partial(_forward_step, vocab=(vocab_size, layout.tp_rank),
+                           temperature=temperature, chunk_tokens=chunk_tokens)
+    outputs = run_schedule(chunks, micro_batches, forward_step, layout, forward_only=True)
     if not layout.is_last_stage:
         return None
     return [o["logp"].cpu() for o in outputs]

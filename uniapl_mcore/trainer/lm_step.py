@@ -8,15 +8,15 @@ then the optimizer and the LR schedule step.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.distributed as dist
 
+from uniapl_mcore.megatron.model import TrainableModel
+from uniapl_mcore.megatron.schedule import causal_mask, train_on_batches
 from uniapl_mcore.runtime.parallel import ParallelLayout
-from uniapl_mcore.trainer.megatron_setup import TrainableModel
 
 
 @dataclass
@@ -38,12 +38,6 @@ class TokenBatch:
         mask = None if self.attention_mask is None else self.attention_mask.to(device)
         return TokenBatch(self.tokens.to(device), self.labels.to(device),
                           self.loss_mask.to(device), self.position_ids.to(device), mask)
-
-
-def causal_mask(seq_length: int, device: torch.device | None = None) -> torch.Tensor:
-    """Megatron-convention causal mask: bool [1, 1, s, s], True above the diagonal (blocked)."""
-    ones = torch.ones(seq_length, seq_length, dtype=torch.bool, device=device)
-    return torch.triu(ones, diagonal=1).view(1, 1, seq_length, seq_length)
 
 
 def next_token_batch(sequences: torch.Tensor, loss_mask: torch.Tensor | None = None,
@@ -70,8 +64,7 @@ def _nll_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     return loss_sum, n_tokens, {"lm_loss": torch.stack([loss_sum.detach(), loss_mask.sum()])}
 
 
-def _forward_step(data_iterator: Iterator[TokenBatch], model, device: torch.device):
-    batch = next(data_iterator).to(device)
+def _forward_step(batch: TokenBatch, model):
     output = model(input_ids=batch.tokens, position_ids=batch.position_ids,
                    attention_mask=batch.attention_mask, labels=batch.labels)
     return output, partial(_nll_loss, batch.loss_mask)
@@ -108,30 +101,12 @@ def reduce_loss_pairs(pairs: list[torch.Tensor], layout: ParallelLayout) -> torc
 def train_step(trainable: TrainableModel, micro_batches: list[TokenBatch],
                layout: ParallelLayout) -> StepResult:
     """Forward/backward over this rank's micro-batches, then one optimizer + LR step."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    trainable.train()
-    for chunk in trainable.chunks:
-        chunk.zero_grad_buffer()
-    trainable.optimizer.zero_grad()
-    tokens = micro_batches[0].tokens
-    losses = get_forward_backward_func()(
-        forward_step_func=partial(_forward_step, device=layout.device),
-        data_iterator=iter(micro_batches),
-        model=trainable.chunks,
-        num_microbatches=len(micro_batches),
-        seq_length=tokens.shape[1],
-        micro_batch_size=tokens.shape[0],
-        forward_only=False,
-    )
-    lr = float(trainable.optimizer.param_groups[0]["lr"])
-    update_successful, grad_norm, _ = trainable.optimizer.step()
-    trainable.scheduler.step(increment=1)
+    losses, optim = train_on_batches(trainable, micro_batches, _forward_step, layout)
     total = reduce_loss_pairs([d["lm_loss"] for d in losses], layout)
     return StepResult(
         loss=float(total[0] / total[1].clamp(min=1)),
         num_tokens=int(total[1]),
-        grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-        lr=lr,
-        update_successful=bool(update_successful),
+        grad_norm=optim.grad_norm,
+        lr=optim.lr,
+        update_successful=optim.update_successful,
     )

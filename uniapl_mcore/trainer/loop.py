@@ -31,7 +31,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from uniapl_mcore.checkpoint.training_state import (
+from uniapl_mcore.config import dump_config
+from uniapl_mcore.losses import RowKind, objective_weights, step_denominators
+from uniapl_mcore.megatron.checkpointing import (
     barrier,
     latest_checkpoint,
     load_checkpoint,
@@ -39,8 +41,12 @@ from uniapl_mcore.checkpoint.training_state import (
     unwrap_model,
     write_model_state,
 )
-from uniapl_mcore.config import dump_config
-from uniapl_mcore.losses import RowKind, objective_weights, step_denominators
+from uniapl_mcore.megatron.model import (
+    TrainableModel,
+    build_model_chunks,
+    build_optimizer,
+    build_scheduler,
+)
 from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
 from uniapl_mcore.trainer.config import ResolvedStage, UniaplConfig
 from uniapl_mcore.trainer.experience import (
@@ -53,12 +59,6 @@ from uniapl_mcore.trainer.experience import (
     step_width,
 )
 from uniapl_mcore.trainer.forward import forward_logprobs
-from uniapl_mcore.trainer.megatron_setup import (
-    TrainableModel,
-    build_model_chunks,
-    build_optimizer,
-    build_scheduler,
-)
 from uniapl_mcore.trainer.policy_step import PolicyMicroBatch, policy_train_step
 
 logger = logging.getLogger(__name__)

@@ -25,8 +25,9 @@ from uniapl_mcore.losses import (
     reduce_metrics,
     vocab_parallel_logprobs_entropy,
 )
+from uniapl_mcore.megatron.model import TrainableModel
+from uniapl_mcore.megatron.schedule import run_schedule, train_on_batches
 from uniapl_mcore.runtime.parallel import ParallelLayout
-from uniapl_mcore.trainer.megatron_setup import TrainableModel
 
 
 @dataclass
@@ -95,9 +96,8 @@ def _loss_func(batch: PolicyMicroBatch, denoms: StepDenominators, cfg: LossConfi
     return out.loss * scale, one, {"metrics": out.metrics, "maxima": out.maxima}
 
 
-def _forward_step(data_iterator, model, *, denoms, cfg, step, scale, temperature, vocab,
-                  device):
-    batch: PolicyMicroBatch = next(data_iterator).to(device)
+def _forward_step(batch: PolicyMicroBatch, model, *, denoms, cfg, step, scale, temperature,
+                  vocab):
     logits = model(batch.tokens, batch.position_ids, batch.attention_mask)
     return logits, partial(_loss_func, batch, denoms, cfg, step, scale, temperature, vocab)
 
@@ -107,6 +107,23 @@ def global_microbatch_count(count: int, layout: ParallelLayout) -> int:
     total = torch.tensor([count], dtype=torch.int64, device=layout.device)
     dist.all_reduce(total, group=layout.dp_group())
     return int(total.item())
+
+
+def _policy_forward_step(micro_batches: list[PolicyMicroBatch], denoms: StepDenominators,
+                         cfg: LossConfig, layout: ParallelLayout, step: int, temperature: float,
+                         vocab_size: int | None):
+    """The schedule's forward step; one micro-batch's loss scaled by the global micro-batch
+    count (collective over DP: every rank calls it before the schedule runs)."""
+    scale = float(global_microbatch_count(len(micro_batches), layout))
+    return partial(_forward_step, denoms=denoms, cfg=cfg, step=step, scale=scale,
+                   temperature=temperature, vocab=(vocab_size, layout.tp_rank))
+
+
+def _reduce(outputs: list[dict[str, Any]], layout: ParallelLayout) -> dict[str, Any]:
+    if not layout.is_last_stage:
+        return {}
+    return reduce_metrics([o["metrics"] for o in outputs], [o["maxima"] for o in outputs],
+                          layout.dp_group())
 
 
 def policy_forward_backward(trainable: TrainableModel, micro_batches: list[PolicyMicroBatch],
@@ -119,24 +136,11 @@ def policy_forward_backward(trainable: TrainableModel, micro_batches: list[Polic
     Returns the step's metrics (global values on the last pipeline stage, empty elsewhere).
     All micro-batches of a rank must share one shape ``[b, s]`` when PP > 1.
     """
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    trainable.train()
-    for chunk in trainable.chunks:
-        chunk.zero_grad_buffer()
-    scale = float(global_microbatch_count(len(micro_batches), layout))
-    first = micro_batches[0].tokens
-    outputs = get_forward_backward_func()(
-        forward_step_func=partial(_forward_step, denoms=denoms, cfg=cfg, step=step,
-                                  scale=scale, temperature=temperature,
-                                  vocab=(vocab_size, layout.tp_rank), device=layout.device),
-        data_iterator=iter(micro_batches), model=trainable.chunks,
-        num_microbatches=len(micro_batches), seq_length=first.shape[1],
-        micro_batch_size=first.shape[0], forward_only=False)
-    if not layout.is_last_stage:
-        return {}
-    return reduce_metrics([o["metrics"] for o in outputs], [o["maxima"] for o in outputs],
-                          layout.dp_group())
+    forward_step = _policy_forward_step(micro_batches, denoms, cfg, layout, step, temperature,
+                                        vocab_size)
+    outputs = run_schedule(trainable.chunks, micro_batches, forward_step, layout,
+                           forward_only=False)
+    return _reduce(outputs, layout)
 
 
 def policy_train_step(trainable: TrainableModel, micro_batches: list[PolicyMicroBatch],
@@ -144,12 +148,10 @@ def policy_train_step(trainable: TrainableModel, micro_batches: list[PolicyMicro
                       step: int = 0, temperature: float = 1.0,
                       vocab_size: int | None = None) -> dict[str, Any]:
     """:func:`policy_forward_backward`, then the optimizer and LR-schedule step."""
-    trainable.optimizer.zero_grad()
-    metrics = policy_forward_backward(trainable, micro_batches, denoms, cfg, layout, step,
-                                      temperature, vocab_size)
-    lr = float(trainable.optimizer.param_groups[0]["lr"])
-    update_successful, grad_norm, _ = trainable.optimizer.step()
-    trainable.scheduler.step(increment=1)
-    metrics.update({"optim/lr": lr, "optim/grad_norm": float(grad_norm or 0.0),
-                    "optim/update_successful": float(bool(update_successful))})
+    forward_step = _policy_forward_step(micro_batches, denoms, cfg, layout, step, temperature,
+                                        vocab_size)
+    outputs, optim = train_on_batches(trainable, micro_batches, forward_step, layout)
+    metrics = _reduce(outputs, layout)
+    metrics.update({"optim/lr": optim.lr, "optim/grad_norm": optim.grad_norm,
+                    "optim/update_successful": float(optim.update_successful)})
     return metrics

@@ -18,15 +18,15 @@ from typing import Any
 
 import torch
 
-from uniapl_mcore.checkpoint.training_state import (
+from uniapl_mcore.config import RunConfig, dump_config
+from uniapl_mcore.megatron.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from uniapl_mcore.config import RunConfig, dump_config
+from uniapl_mcore.megatron.model import build_trainable_model
 from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
 from uniapl_mcore.trainer.lm_step import StepResult, TokenBatch, next_token_batch, train_step
-from uniapl_mcore.trainer.megatron_setup import build_trainable_model
 
 logger = logging.getLogger(__name__)
 

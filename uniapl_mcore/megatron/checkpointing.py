@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from uniapl_mcore.checkpoint.dcp_io import TorchDistReader
 from uniapl_mcore.checkpoint.hf_io import CheckpointError
-from uniapl_mcore.trainer.megatron_setup import TrainableModel
+from uniapl_mcore.megatron.model import TrainableModel
 
 logger = logging.getLogger(__name__)
 

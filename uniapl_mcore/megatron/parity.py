@@ -12,43 +12,34 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 import torch
 
 from uniapl_mcore.checkpoint.convert import load_hf_architecture
 from uniapl_mcore.config import ParallelConfig, RunConfig, TrainConfig
+from uniapl_mcore.megatron.schedule import ModelInputs, run_schedule
 from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
 from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
-from uniapl_mcore.trainer.lm_step import causal_mask
 
 
 def _collect_logits(output: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return torch.zeros((), device=output.device), {"logits": output.detach()}
 
 
-def _forward_step(data_iterator, model, mask: torch.Tensor | None):
-    tokens = next(data_iterator)
-    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-    return model(tokens, positions, mask), _collect_logits
+def _forward_step(batch: ModelInputs, model):
+    return model(batch.tokens, batch.position_ids, batch.attention_mask), _collect_logits
 
 
 def megatron_logits(gpt, tokens: torch.Tensor, layout: ParallelLayout,
                     value_head: bool = False) -> torch.Tensor | None:
     """Full-vocab logits [b, s, V_padded] (or value-head scores [b, s, 1]) on the last stage;
     None on other stages."""
-    from megatron.core import parallel_state as mpu
-    from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    mask = causal_mask(tokens.shape[1], layout.device) if layout.device.type == "cpu" else None
-    with torch.no_grad():
-        outputs = get_forward_backward_func()(
-            forward_step_func=partial(_forward_step, mask=mask), data_iterator=iter([tokens]),
-            model=[gpt], num_microbatches=1, seq_length=tokens.shape[1],
-            micro_batch_size=tokens.shape[0], forward_only=True)
-    if not mpu.is_pipeline_last_stage():
+    batch = ModelInputs.causal(tokens, explicit_mask=layout.device.type == "cpu")
+    outputs = run_schedule([gpt], [batch], _forward_step, layout, forward_only=True)
+    if not layout.is_last_stage:
         return None
     logits = outputs[0]["logits"]
     if value_head:  # replicated on every TP rank
@@ -93,8 +84,8 @@ def reference_scores_from(hf_dir: str, model, tokens: torch.Tensor) -> torch.Ten
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
-    from uniapl_mcore.checkpoint.training_state import load_checkpoint
-    from uniapl_mcore.trainer.megatron_setup import TrainableModel
+    from uniapl_mcore.megatron.checkpointing import load_checkpoint
+    from uniapl_mcore.megatron.model import TrainableModel
 
     _, _, model = load_hf_architecture(args.hf)
     model = replace(model, params_dtype=args.dtype)
