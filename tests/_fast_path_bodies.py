@@ -9,11 +9,18 @@ from typing import Any
 STEPS = 3
 
 
+def _loss_config():
+    from uniapl_mcore.losses import LossConfig
+
+    return LossConfig(objective="uniapl", alpha=0.5, lambda_adv=0.1, kl_coef=0.0)
+
+
+LOSS = _loss_config()
+
+
 def _saved_activation_bytes(trainable, batch, layout) -> int:
     """Bytes autograd saves for backward during one training-mode forward of ``batch``."""
     import torch
-
-    from uniapl_mcore.trainer.lm_step import TokenBatch
 
     total = 0
 
@@ -22,21 +29,39 @@ def _saved_activation_bytes(trainable, batch, layout) -> int:
         total += tensor.numel() * tensor.element_size()
         return tensor
 
-    batch: TokenBatch = batch.to(layout.device)
+    batch = batch.to(layout.device)
     trainable.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = trainable.chunks[0](input_ids=batch.tokens, position_ids=batch.position_ids,
-                                   attention_mask=batch.attention_mask, labels=batch.labels)
-    loss.sum().backward()  # release the graph (the buffers are zeroed by the next step)
+        logits = trainable.chunks[0](batch.tokens, batch.position_ids, batch.attention_mask)
+    logits.float().sum().backward()  # release the graph (the buffers are zeroed next step)
     return total
+
+
+def _policy_batches(cfg, layout, step: int):
+    """This rank's micro-batches of the step's synthetic mixed batch (the trainer's
+    layouts: token budget, or common width under PP) and their global denominators."""
+    from uniapl_mcore.losses import step_denominators
+    from uniapl_mcore.trainer.experience import step_micro_batches
+
+    from ._bodies import synthetic_sequences
+
+    seqs = synthetic_sequences(cfg.train.seed, step, cfg.model.vocab_size)
+    batches = step_micro_batches(seqs, layout.dp, layout.dp_rank,
+                                 explicit_mask=layout.device.type == "cpu",
+                                 budget_tokens=None if layout.pp > 1 else 64,
+                                 rows_per_micro_batch=2).batches
+    denoms = step_denominators([b.loss_mask for b in batches], [b.row_kind for b in batches],
+                               LOSS.max_response_tokens, layout.dp_group())
+    return batches, denoms
 
 
 def train_variants(variants: dict[str, list[str]], measure_saved: bool = False
                    ) -> dict[str, dict[str, Any]]:
-    """For each named list of config overrides: ``STEPS`` optimizer steps of the smoke LM
-    task. Returns ``{name: {"steps": [(loss, grad_norm)], "weights": float64 checksum of
-    this rank's parameters after the last step, "saved_bytes": activation bytes of one
-    forward (with ``measure_saved``), "grad_sync": whether the schedule got a
+    """For each named list of config overrides: ``STEPS`` production policy steps
+    (``policy_train_step``, GRPO + SFT without KL) on the synthetic mixed batches of
+    ``tests/_bodies``. Returns ``{name: {"steps": [(loss, grad_norm)], "weights": float64
+    checksum of this rank's parameters after the last step, "saved_bytes": activation bytes
+    of one forward (with ``measure_saved``), "grad_sync": whether the schedule got a
     grad_sync_func, "buckets": DDP bucket groups on this rank}}``."""
     import torch
     import torch.distributed as dist
@@ -45,8 +70,8 @@ def train_variants(variants: dict[str, list[str]], measure_saved: bool = False
     from uniapl_mcore.megatron.model import build_trainable_model
     from uniapl_mcore.runtime.dist_env import DistEnv
     from uniapl_mcore.runtime.parallel import init_parallel
-    from uniapl_mcore.trainer.lm_step import train_step
-    from uniapl_mcore.trainer.smoke import local_micro_batches
+    from uniapl_mcore.trainer.policy_step import policy_train_step
+    from uniapl_mcore.trainer.update import from_last_stage
 
     env = DistEnv.from_environ()
     dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size)
@@ -61,12 +86,15 @@ def train_variants(variants: dict[str, list[str]], measure_saved: bool = False
                 "grad_sync": trainable.config.grad_sync_func is not None,
                 "buckets": sum(len(c.bucket_groups) for c in trainable.chunks)}
             if measure_saved:
-                batch = local_micro_batches(cfg, layout, 0)[0]
+                batch = _policy_batches(cfg, layout, 0)[0][0]
                 result["saved_bytes"] = _saved_activation_bytes(trainable, batch, layout)
             steps = []
             for step in range(STEPS):
-                r = train_step(trainable, local_micro_batches(cfg, layout, step), layout)
-                steps.append((r.loss, r.grad_norm))
+                batches, denoms = _policy_batches(cfg, layout, step)
+                metrics = from_last_stage(policy_train_step(
+                    trainable, batches, denoms, LOSS, layout, step,
+                    vocab_size=cfg.model.vocab_size), layout)
+                steps.append((metrics["objective/loss"], metrics["optim/grad_norm"]))
             trainable.sync_params()
             result["steps"] = steps
             result["weights"] = sum(float(p.detach().double().sum())

@@ -1,4 +1,5 @@
-"""Training-state checkpoints: save at TP=2, resume at PP=2 and at one process, same losses."""
+"""Training-state checkpoints: save at TP=2, resume at PP=2 and at one process, same losses
+(the production policy update, ``tests/_bodies.train_losses``)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def test_save_at_tp2_resume_at_pp2_and_one_process(tmp_path):
         run_dir = tmp_path / name
         shutil.copytree(saved_run, run_dir)
         resumed = run_distributed(train_losses, world,
-                                  args=(BASE + ["train.max_steps=4"] + layout, str(run_dir)))[0]
+                                  args=(BASE + ["train.max_steps=4"] + layout, str(run_dir)),
+                                  kwargs={"init_from": init})[0]  # π_ref: the initial weights
         assert [s for s, *_ in resumed] == [3, 4], name  # resumed after step 2, not from 0
         for (step, loss, norm), (_, ref_loss, ref_norm) in zip(resumed, ref[2:], strict=True):
             assert abs(loss - ref_loss) <= RTOL * abs(ref_loss), (name, step, loss, ref_loss)

@@ -61,10 +61,13 @@ def test_world_size_not_divisible_by_model_parallel():
     cfg.check_world_size(8)
 
 
-def test_global_batch_must_split_over_data_parallel():
-    cfg = load_config(None, ["train.global_batch_size=6", "train.micro_batch_size=2"])
-    with pytest.raises(ConfigError, match=r"^train\.global_batch_size: 6 is not a multiple"):
-        cfg.check_world_size(2)
+def test_lm_path_batch_fields_are_refused():
+    """The trainer sizes steps by prompts and token budgets: the old LM-path fields are
+    unknown keys, not silently ignored ones."""
+    for key in ("train.global_batch_size=8", "train.seq_length=512",
+                "train.log_interval_steps=1"):
+        with pytest.raises(ConfigError, match=rf"^{key.split('=')[0]}: unknown key"):
+            load_config(None, [key])
 
 
 def test_yaml_errors_name_the_file(tmp_path):
@@ -73,11 +76,11 @@ def test_yaml_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"bad\.yaml line \d+: invalid YAML"):
         load_config(bad)
     typo = tmp_path / "typo.yaml"
-    typo.write_text("train:\n  seq_lenght: 8\n")
+    typo.write_text("train:\n  max_step: 8\n")
     with pytest.raises(ConfigError) as info:
         load_config(typo)
-    assert str(info.value).startswith("train.seq_lenght: unknown key (did you mean "
-                                      "'train.seq_length'?)")
+    assert str(info.value).startswith("train.max_step: unknown key (did you mean "
+                                      "'train.max_steps'?)")
     assert "typo.yaml" in str(info.value)
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "missing.yaml")

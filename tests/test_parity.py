@@ -2,8 +2,9 @@
 against one process: same loss and grad norm.
 
 Every layout starts from the same weights (saved once, loaded at each layout) and sees the
-same global batches; the distributed optimizer is on. Three optimizer steps, fp32,
-relative difference ≤ 1e-5.
+same mixed global batches through the production policy update (token-budget micro-batches,
+or common-width ones under PP; π_ref log-probs; the unified loss); the distributed optimizer
+is on. Three optimizer steps, fp32, relative difference ≤ 1e-5.
 """
 
 from __future__ import annotations

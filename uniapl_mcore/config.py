@@ -325,22 +325,17 @@ class OptimizerConfig:
 
 @dataclass
 class TrainConfig:
-    """Step counts, batch shape (in sequences and tokens) and seeds."""
+    """Step count, seed, and the rows per micro-batch of the common-width layout (pipeline
+    parallel runs; without PP the trainer packs micro-batches by ``data.micro_batch_tokens``
+    and evaluation batches ``micro_batch_size`` rows)."""
 
     max_steps: int = 80
     seed: int = 1234
     micro_batch_size: int = 2
-    global_batch_size: int = 8
-    seq_length: int = 32
-    log_interval_steps: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "micro_batch_size", "global_batch_size", "seq_length",
-                     "log_interval_steps"):
+        for name in ("max_steps", "micro_batch_size"):
             check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
-        check(self.global_batch_size % self.micro_batch_size == 0, "global_batch_size",
-              f"{self.global_batch_size} is not a multiple of micro_batch_size="
-              f"{self.micro_batch_size}")
 
 
 @dataclass
@@ -382,19 +377,11 @@ class RunConfig:
         pp = self.parallel.pipeline_parallel_size
         check(m.num_layers % pp == 0, "parallel.pipeline_parallel_size",
               f"{pp} does not divide model.num_layers={m.num_layers}")
-        check(self.train.seq_length <= m.max_position_embeddings, "train.seq_length",
-              f"{self.train.seq_length} exceeds model.max_position_embeddings="
-              f"{m.max_position_embeddings}")
         check_fast_path(m, self.parallel, self.optimizer)
 
     def check_world_size(self, world_size: int) -> None:
         """Checks that need the world size; call before starting process groups."""
         self.parallel.check_world_size(world_size)
-        dp = world_size // self.parallel.model_parallel_size
-        per_step = self.train.micro_batch_size * dp
-        check(self.train.global_batch_size % per_step == 0, "train.global_batch_size",
-              f"{self.train.global_batch_size} is not a multiple of micro_batch_size × "
-              f"data-parallel size = {self.train.micro_batch_size} × {dp}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from uniapl_mcore.checkpoint.convert import load_hf_architecture
-from uniapl_mcore.config import ParallelConfig, RunConfig, TrainConfig
+from uniapl_mcore.config import ParallelConfig, RunConfig
 from uniapl_mcore.megatron.schedule import ModelInputs, run_schedule
 from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
 from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
@@ -91,8 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     model = replace(model, params_dtype=args.dtype)
     parallel = ParallelConfig(tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp,
                               expert_parallel_size=args.ep)
-    RunConfig(model=model, parallel=parallel,
-              train=TrainConfig(seq_length=min(args.seq_len, model.max_position_embeddings)))
+    RunConfig(model=model, parallel=parallel)  # the layout's checks (divisibility)
     layout = init_parallel(parallel, seed=args.seed)
     try:
         config = transformer_config(model, parallel)

@@ -32,8 +32,7 @@ def _toy_policy() -> ModelConfig:
 
 
 def _toy_train() -> TrainConfig:
-    return TrainConfig(max_steps=300, seed=1234, micro_batch_size=8, global_batch_size=8,
-                       seq_length=512)
+    return TrainConfig(max_steps=300, seed=1234, micro_batch_size=8)
 
 
 def _toy_rollout() -> RolloutConfig:

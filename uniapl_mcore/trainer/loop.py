@@ -16,7 +16,6 @@ state (step, stage, weight version). Re-running on the same run directory resume
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -29,10 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from uniapl_mcore.config import dump_config
-from uniapl_mcore.losses import RowKind, objective_weights, step_denominators
+from uniapl_mcore.losses import RowKind, objective_weights
 from uniapl_mcore.megatron.checkpointing import (
     barrier,
     latest_checkpoint,
@@ -41,47 +39,28 @@ from uniapl_mcore.megatron.checkpointing import (
     unwrap_model,
     write_model_state,
 )
-from uniapl_mcore.megatron.model import (
-    TrainableModel,
-    build_model_chunks,
-    build_optimizer,
-    build_scheduler,
-)
 from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
 from uniapl_mcore.trainer.config import ResolvedStage, UniaplConfig
 from uniapl_mcore.trainer.experience import (
     Sequence,
-    StepBatches,
     broadcast_sequences,
     micro_batches,
     pad_to_multiple,
-    step_micro_batches,
     step_width,
 )
 from uniapl_mcore.trainer.forward import forward_logprobs
-from uniapl_mcore.trainer.policy_step import PolicyMicroBatch, policy_train_step
+from uniapl_mcore.trainer.update import (
+    PhaseTimer,
+    Reference,
+    build_policy,
+    from_last_stage,
+    restart_optimizer,
+    update_policy,
+)
 
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
-
-
-class PhaseTimer:
-    """Wall-clock seconds per phase of a step (``time/<phase>_s`` metrics)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-
-    def metrics(self) -> dict[str, float]:
-        return {f"time/{k}_s": v for k, v in self.seconds.items()}
 
 
 def rng_state() -> dict[str, Any]:
@@ -158,13 +137,9 @@ class Trainer:
         self.step = int(saved.get("step", 0))
         self.stage_index = int(saved.get("stage", 0))
         stage = self.stages[self.stage_index]
-        self.policy = self._build_policy(stage)
-        self.reference = self._build_reference() if any(s.needs_reference
-                                                        for s in self.stages) else None
-        if self.reference is not None and cfg.reference.offload and \
-                layout.device.type == "cuda":
-            for module in self.reference:
-                module.to("cpu")
+        self.policy = build_policy(cfg, stage, layout)
+        self.reference = Reference(cfg, layout) if any(s.needs_reference
+                                                       for s in self.stages) else None
         if resume is not None:
             self._load(resume)
         else:
@@ -184,24 +159,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ building
 
-    def _build_policy(self, stage: ResolvedStage) -> TrainableModel:
-        chunks = build_model_chunks(self.cfg.model, self.cfg.parallel, self.layout,
-                                    stage.optimizer)
-        optimizer = build_optimizer(stage.optimizer, chunks)
-        return TrainableModel(chunks, optimizer,
-                              build_scheduler(stage.optimizer, optimizer, stage.steps),
-                              chunks[0].config)
-
-    def _build_reference(self) -> list[Any]:
-        from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
-
-        config = transformer_config(self.cfg.model, self.cfg.parallel)
-        module = build_gpt_model(self.cfg.model, config, pre_process=self.layout.is_first_stage,
-                                 post_process=self.layout.is_last_stage)
-        for param in module.parameters():
-            param.requires_grad_(False)
-        return [module]
-
     def _initial_weights(self) -> None:
         if self.cfg.init_checkpoint:
             load_checkpoint(self.cfg.init_checkpoint, self.policy, include_optimizer=False)
@@ -209,16 +166,12 @@ class Trainer:
 
     def _reset_reference(self) -> None:
         """π_ref ← the current policy weights (the start of an RL stage)."""
-        if self.reference is None:
-            return
-        for ref, chunk in zip(self.reference, self.policy.chunks, strict=True):
-            ref.load_state_dict(unwrap_model(chunk).state_dict(), strict=True)
+        if self.reference is not None:
+            self.reference.reset_from(self.policy)
 
     def _begin_stage(self, stage: ResolvedStage) -> None:
         """Hand-off: fresh optimizer and LR schedule at the stage's settings, π_ref reset."""
-        optimizer = build_optimizer(stage.optimizer, self.policy.chunks)
-        self.policy.optimizer = optimizer
-        self.policy.scheduler = build_scheduler(stage.optimizer, optimizer, stage.steps)
+        restart_optimizer(self.policy, stage)
         self.stage_index = stage.index
         self._reset_reference()
         logger.info("stage %d (%s) begins at step %d: lr %.2e, %d steps", stage.index,
@@ -263,71 +216,17 @@ class Trainer:
             metrics.update(found)
         with timer("broadcast"):
             seqs = broadcast_sequences(seqs)
-        step_batches = self._micro_batches(seqs)
-        batches = step_batches.batches
-        if stage.needs_reference:
-            with timer("ref_logprobs"):
-                self._attach_reference_logprobs(batches)
-        with timer("train"):
-            denoms = step_denominators([b.loss_mask for b in batches],
-                                       [b.row_kind for b in batches],
-                                       stage.loss.max_response_tokens, self.layout.dp_group())
-            found = policy_train_step(self.policy, batches, denoms, stage.loss, self.layout,
-                                      step=self.step - stage.start_step,
-                                      temperature=self.cfg.rollout.sampling.temperature,
-                                      vocab_size=self.cfg.model.vocab_size)
+        found, step_batches = update_policy(self.policy, self.reference, seqs, stage,
+                                            self.step, self.cfg, self.layout, timer)
         self.step += 1
         fault_point("step", self.step)
         with timer("weight_sync"):
             self.sync_weights()
-        metrics.update(self._to_rank0(found))
+        metrics.update(found)
         metrics["train/rows"] = float(sum(s.kind != RowKind.IGNORE for s in seqs))
         metrics.update(step_batches.metrics())
         metrics.update(timer.metrics())
         return metrics
-
-    def _micro_batches(self, seqs: list[Sequence]) -> StepBatches:
-        """This rank's micro-batches: packed under ``data.micro_batch_tokens`` (each padded
-        to its own longest row), or — with PP > 1, whose P2P sends need one shape —
-        ``train.micro_batch_size`` rows of the step's common width. PREF rows come first
-        (only their micro-batches need reference log-probs)."""
-        pipelined = self.layout.pp > 1
-        return step_micro_batches(
-            seqs, self.layout.dp, self.layout.dp_rank,
-            explicit_mask=self.layout.device.type == "cpu",
-            budget_tokens=None if pipelined else self.cfg.data.micro_batch_tokens,
-            rows_per_micro_batch=self.cfg.train.micro_batch_size,
-            pad_multiple=self.cfg.data.pad_to_multiple_of)
-
-    def _attach_reference_logprobs(self, batches: list[PolicyMicroBatch]) -> None:
-        """π_ref log-probs for the micro-batches that hold PREF rows (the KL's slice); the
-        others get zeros, which their all-zero PREF mask never reads."""
-        for batch in batches:
-            batch.ref_logp = torch.zeros_like(batch.loss_mask)
-        batches = [b for b in batches if bool((b.row_kind == int(RowKind.PREF)).any())]
-        with self._reference_on_device():
-            logps = forward_logprobs(self.reference, batches, self.layout,
-                                     self.cfg.model.vocab_size,
-                                     self.cfg.rollout.sampling.temperature,
-                                     self.cfg.loss.logprob_chunk_tokens)
-        if logps is not None:
-            for batch, logp in zip(batches, logps, strict=True):
-                batch.ref_logp = logp
-
-    @contextlib.contextmanager
-    def _reference_on_device(self):
-        """``reference.offload``: π_ref lives in host memory except while it computes."""
-        offload = self.cfg.reference.offload and self.layout.device.type == "cuda"
-        if offload:
-            for module in self.reference:
-                module.to(self.layout.device)
-        try:
-            yield
-        finally:
-            if offload:
-                for module in self.reference:
-                    module.to("cpu")
-                torch.cuda.empty_cache()
 
     def sync_weights(self) -> None:
         """Engines ← the policy's current weights, as version ``self.step`` (collective)."""
@@ -342,17 +241,6 @@ class Trainer:
                            policy_bundle(self.cfg.model), version=self.step,
                            bucket_bytes=self.cfg.rollout.weight_sync.bucket_bytes,
                            exporter=self.exporter)
-
-    def _to_rank0(self, values: dict[str, Any]) -> dict[str, Any]:
-        """Metrics computed on the last pipeline stage, delivered to global rank 0."""
-        if self.layout.pp == 1:
-            return values
-        from megatron.core import parallel_state as mpu
-
-        payload = [values]
-        dist.broadcast_object_list(payload, src=mpu.get_pipeline_model_parallel_last_rank(),
-                                   group=mpu.get_pipeline_model_parallel_group())
-        return payload[0]
 
     # ------------------------------------------------------------------ evaluation
 
@@ -383,7 +271,7 @@ class Trainer:
         if logps is not None:
             logp, mask = torch.cat(logps), torch.cat([b.loss_mask for b in batches])
             means = (logp.double().sum(-1) / mask.double().sum(-1).clamp(min=1)).tolist()
-        means = self._to_rank0(means)
+        means = from_last_stage(means, self.layout)
         if self.driver is None:
             return {}
         n = len(records)
@@ -437,8 +325,7 @@ class Trainer:
             write_model_state(tmp / "policy", self.policy, True, {"stage": self.stage_index},
                               self.step)
             if self.reference is not None:
-                write_model_state(tmp / "reference",
-                                  TrainableModel(self.reference, None, None, None), False)
+                write_model_state(tmp / "reference", self.reference.as_trainable(), False)
             torch.save(rng_state(), tmp / "rng" / f"rank_{self.layout.rank:05d}.pt")
             fault_point("checkpoint", self.step)
             if self.driver is not None:
@@ -454,8 +341,7 @@ class Trainer:
     def _load(self, path: Path) -> None:
         load_checkpoint(path / "policy", self.policy)
         if self.reference is not None:
-            load_checkpoint(path / "reference",
-                            TrainableModel(self.reference, None, None, None),
+            load_checkpoint(path / "reference", self.reference.as_trainable(),
                             include_optimizer=False)
         if self.driver is not None and self.driver.disc is not None and \
                 self.driver.disc.trainable:
