@@ -30,6 +30,7 @@ from typing import Any
 
 from uniapl_mcore.data.config import DataSourceConfig
 from uniapl_mcore.data.formats import adapt, records_of
+from uniapl_mcore.data.jsonl import read_jsonl
 from uniapl_mcore.data.schema import DataError, Row, parse_teacher, row_features, validate_row
 from uniapl_mcore.rewards.checkers import REGISTRY, ConstraintError
 from uniapl_mcore.rewards.config import RewardConfig
@@ -259,18 +260,14 @@ def drop_duplicates(table, report: SourceReport, on_bad_row: str):
 def read_teacher_file(path: str) -> dict[str, list[dict[str, Any]]]:
     """Teacher JSONL: ``{"id", "text", "model"?, "sampling"?}`` per line, grouped by id."""
     out: dict[str, list[dict[str, Any]]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if "id" not in obj:
-                    raise ConstraintError("missing field 'id'")
-                teacher = parse_teacher(obj).to_json()
-            except (json.JSONDecodeError, ConstraintError, TypeError) as exc:
-                raise DataError(f"{path} line {lineno}: bad teacher response ({exc})") from None
-            out.setdefault(str(obj["id"]), []).append(teacher)
+    for lineno, obj in read_jsonl(path, DataError):
+        try:
+            if "id" not in obj:
+                raise ConstraintError("missing field 'id'")
+            teacher = parse_teacher(obj).to_json()
+        except (ConstraintError, TypeError) as exc:
+            raise DataError(f"{path} line {lineno}: bad teacher response ({exc})") from None
+        out.setdefault(str(obj["id"]), []).append(teacher)
     return out
 
 

@@ -16,11 +16,12 @@ import json
 import logging
 import platform
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uniapl_mcore.data.jsonl import read_jsonl
 from uniapl_mcore.rewards import fastlang
 from uniapl_mcore.rewards import text as T
 from uniapl_mcore.rewards.checkers import ConstraintError
@@ -96,20 +97,6 @@ class RowResult:
 # ---------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: str | Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalDataError(f"{path}:{lineno}: invalid JSON ({exc})") from None
-            if not isinstance(obj, dict):
-                raise EvalDataError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, obj
-
-
 def parse_row(obj: Mapping[str, Any], where: str) -> EvalRow:
     """Validate one google/IFEval-form row and build its constraints (checkers too)."""
     for field in ("prompt", "instruction_id_list", "kwargs"):
@@ -140,7 +127,7 @@ def parse_row(obj: Mapping[str, Any], where: str) -> EvalRow:
 
 def load_data(path: str | Path) -> list[EvalRow]:
     """Load and validate ``--data`` (JSONL, google/IFEval form)."""
-    rows = [parse_row(obj, f"{path}:{lineno}") for lineno, obj in _read_jsonl(path)]
+    rows = [parse_row(obj, f"{path}:{lineno}") for lineno, obj in read_jsonl(path, EvalDataError)]
     logger.info("loaded %d evaluation rows from %s", len(rows), path)
     return rows
 
@@ -151,7 +138,7 @@ def load_responses(path: str | Path) -> dict[str, str]:
     As in the reference harness, a later row for the same prompt replaces an earlier one.
     """
     out: dict[str, str] = {}
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in read_jsonl(path, EvalDataError):
         prompt, response = obj.get("prompt"), obj.get("response")
         if not isinstance(prompt, str) or not isinstance(response, str):
             raise EvalDataError(f"{path}:{lineno}: 'prompt' and 'response' must be strings")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uniapl_mcore.data.jsonl import read_jsonl
 from uniapl_mcore.eval.ifeval import (
     METRIC_NAMES,
     EvalDataError,
@@ -115,17 +116,7 @@ def _read_table(path: str | Path) -> Iterable[tuple[int, dict[str, Any]]]:
             for row in reader:
                 yield reader.line_num, row
         return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalDataError(f"{path}:{lineno}: invalid JSON ({exc})") from None
-            if not isinstance(obj, dict):
-                raise EvalDataError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, obj
+    yield from read_jsonl(path, EvalDataError)
 
 
 def _decode(value: Any, where: str, name: str) -> Any:
