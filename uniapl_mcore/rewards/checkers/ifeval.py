@@ -34,7 +34,19 @@ _BULLET_STAR_RE = re.compile(r"^\s*\*[^\*].*$", flags=re.MULTILINE)
 _BULLET_DASH_RE = re.compile(r"^\s*-.*$", flags=re.MULTILINE)
 _HIGHLIGHT_RE = re.compile(r"\*[^\n\*]*\*")
 _DOUBLE_HIGHLIGHT_RE = re.compile(r"\*\*[^\n\*]*\*\*")
-_PARAGRAPH_SPLIT_RE = re.compile(r"\s?\*\*\*\s?")
+PARAGRAPH_SPLIT_RE = re.compile(r"\s?\*\*\*\s?")
+
+
+def count_paragraphs(parts: list[str]) -> int | None:
+    """Paragraph count with empty first/last parts dropped; None if an inner one is empty."""
+    count = len(parts)
+    for index, part in enumerate(parts):
+        if not part.strip():
+            if index in (0, len(parts) - 1):
+                count -= 1
+            else:
+                return None
+    return count
 _TITLE_RE = re.compile(r"<<[^\n]+>>")
 _COMMA_RE = re.compile(r"\,")
 _PPS_RE = re.compile(r"\s*p\.\s?p\.\s?s.*$", flags=re.MULTILINE)
@@ -150,15 +162,7 @@ class NumberOfParagraphs(Checker):
         self.num_paragraphs = kw.int("num_paragraphs", minimum=0)
 
     def check(self, text: str) -> bool:
-        parts = _PARAGRAPH_SPLIT_RE.split(text)
-        count = len(parts)
-        for index, part in enumerate(parts):
-            if not part.strip():
-                if index in (0, len(parts) - 1):
-                    count -= 1
-                else:
-                    return False
-        return count == self.num_paragraphs
+        return count_paragraphs(PARAGRAPH_SPLIT_RE.split(text)) == self.num_paragraphs
 
 
 @register("detectable_content:postscript", FAMILY)

@@ -12,11 +12,14 @@ import re
 
 from uniapl_mcore.rewards import text as T
 from uniapl_mcore.rewards.checkers.base import Checker, ConstraintError, Kwargs, compare, register
-from uniapl_mcore.rewards.checkers.ifeval import compile_regex
+from uniapl_mcore.rewards.checkers.ifeval import (
+    PARAGRAPH_SPLIT_RE,
+    compile_regex,
+    count_paragraphs,
+)
 
 FAMILY = "ifevalg"
 
-_PARAGRAPH_SPLIT_RE = re.compile(r"\s?\*\*\*\s?")
 _NON_WORD_RE = re.compile(r"[^\w\s]")
 _LOWER_WORD_RE = re.compile(r"\b[a-z]+\b")
 _ASCII_LETTER_RE = re.compile(r"[a-zA-Z]")
@@ -28,18 +31,6 @@ def _str_or_first(kw: Kwargs, name: str) -> str:
         values = kw.str_list(name)
         return values[0].strip()
     return kw.str(name, nonempty=True).strip()
-
-
-def _count_paragraphs(parts: list[str]) -> int | None:
-    """Paragraph count with empty first/last parts dropped; None if an inner one is empty."""
-    count = len(parts)
-    for index, part in enumerate(parts):
-        if not part.strip():
-            if index in (0, len(parts) - 1):
-                count -= 1
-            else:
-                return None
-    return count
 
 
 @register("copy:repeat_phrase", FAMILY)
@@ -175,7 +166,7 @@ class Paragraphs(Checker):
     """Exactly two ``***``-separated paragraphs (IFEval paragraph rule)."""
 
     def check(self, text: str) -> bool:
-        return _count_paragraphs(_PARAGRAPH_SPLIT_RE.split(text)) == 2
+        return count_paragraphs(PARAGRAPH_SPLIT_RE.split(text)) == 2
 
 
 @register("paragraphs:paragraphs2", FAMILY)
@@ -183,7 +174,7 @@ class Paragraphs2(Checker):
     """Exactly two paragraphs separated by ``\\n\\n`` (an empty inner one fails)."""
 
     def check(self, text: str) -> bool:
-        return _count_paragraphs(text.split("\n\n")) == 2
+        return count_paragraphs(text.split("\n\n")) == 2
 
 
 @register("first_word:first_word_sent", FAMILY)
@@ -337,20 +328,14 @@ class CountingComposition(Checker):
         self.n_words = kw.int("n_words", minimum=0)
 
     def check(self, text: str) -> bool:
-        parts = _PARAGRAPH_SPLIT_RE.split(text)
-        count = len(parts)
-        for index, part in enumerate(parts):
-            if not part.strip():
-                if index in (0, len(parts) - 1):
-                    count -= 1
-                else:
-                    return False
-            sentences = T.split_into_sentences(part)
-            if len(sentences) != self.n_sent:
-                return False
-            if any(len(T.word_tokenize(s)) != self.n_words for s in sentences):
-                return False
-        return count == 3
+        parts = PARAGRAPH_SPLIT_RE.split(text)
+        return count_paragraphs(parts) == 3 and all(self._composed(p) for p in parts)
+
+    def _composed(self, part: str) -> bool:
+        """``n_sent`` sentences of ``n_words`` tokens each (an empty edge part too)."""
+        sentences = T.split_into_sentences(part)
+        return len(sentences) == self.n_sent and \
+            all(len(T.word_tokenize(s)) == self.n_words for s in sentences)
 
 
 @register("count:count_unique", FAMILY)
