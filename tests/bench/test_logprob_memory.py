@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from uniapl_mcore.losses.benchmark import run_benchmark
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "bench"))
+from logprob_memory_run import run_benchmark  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

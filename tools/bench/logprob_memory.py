@@ -4,7 +4,7 @@
     python tools/bench/logprob_memory.py [--vocab 151936] [--tokens 4096] [--dtype bfloat16]
                                          [--json FILE]
 
-(See :mod:`uniapl_mcore.losses.benchmark` for the method.) The baseline, measured in the
+(See ``logprob_memory_run.py`` for the method.) The baseline, measured in the
 same run, is the full-vocabulary gather; both ratios are baseline / ours (higher is better).
 """
 
@@ -14,10 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from uniapl_mcore.losses.benchmark import DTYPES, run_benchmark
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import emit, lower_is_better  # noqa: E402
+from logprob_memory_run import DTYPES, run_benchmark  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,5 @@
-"""CPU benchmark: peak memory of log-prob + entropy at TP=2, vocab-parallel vs full-vocab gather.
-
-    python -m uniapl_mcore.losses.benchmark [--vocab 151936] [--tokens 4096] [--dtype bfloat16]
+"""Method of ``logprob_memory.py``: peak memory of log-prob + entropy at TP=2,
+vocab-parallel vs full-vocab gather.
 
 Each variant runs forward + backward of (Σ log p(target) + Σ entropy) in two fresh gloo
 processes (TP=2 through Megatron's parallel state, one vocabulary shard each) and reports,
@@ -12,8 +11,6 @@ log_softmax and softmax·log_softmax.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import resource
 import time
@@ -155,20 +152,3 @@ def run_benchmark(vocab: int = 151936, tokens: int = 4096, dtype: str = "bfloat1
         report["memory_ratio"] = vp["peak_growth_gib"] / max(ga["peak_growth_gib"], 1e-12)
         report["logp_sum_rel_diff"] = abs(vp["logp_sum"] - ga["logp_sum"]) / abs(ga["logp_sum"])
     return report
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vocab", type=int, default=151936)
-    parser.add_argument("--tokens", type=int, default=4096)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
-    parser.add_argument("--chunk-tokens", type=int, default=1024)
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    args = parser.parse_args(argv)
-    report = run_benchmark(args.vocab, args.tokens, args.dtype, args.chunk_tokens,
-                           variants=tuple(args.variants))
-    print(json.dumps(report, indent=2))
-
-
-if __name__ == "__main__":
-    main()
