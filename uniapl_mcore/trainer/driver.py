@@ -88,6 +88,21 @@ class Driver:
                 seed=cfg.train.seed, max_steps=max(updates, 1))
         self._reference_scores: dict[str, float] = {}
 
+    # ------------------------------------------------------------------ engines
+
+    @property
+    def engine_pool(self) -> Any:
+        """The rollout engines' pool (the weight sync's destination)."""
+        return self.rollout.pool
+
+    def wake_engines(self) -> None:
+        """Engines that sleep between rollouts (colocated vLLM) take their GPU memory back."""
+        self.rollout.wake()
+
+    def sleep_engines(self) -> None:
+        """Colocated engines free the GPU for training (no-op for engines that never sleep)."""
+        self.rollout.sleep()
+
     # ------------------------------------------------------------------ sampling
 
     def sampler(self, stage: ResolvedStage) -> MixedBatchSampler:

@@ -1,0 +1,135 @@
+"""The run's checkpoints: every stateful part given once, saved and loaded together.
+
+``<run_dir>/checkpoints/step_NNNNNN`` (written under a temporary name and renamed, ``latest``
+replaced last: :func:`uniapl_mcore.megatron.checkpointing.staged_dir`) holds::
+
+    policy/             weights + optimizer + LR schedule (torch_dist, any layout)
+    reference/          the KL reference's weights (when a stage needs one)
+    discriminator/      the trainable discriminator (+ its optimizer)
+    rng/rank_NNNNN.pt   every rank's RNG states
+    trainer_state.json  step, stage, weight version, world size, the samplers' positions
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from uniapl_mcore.megatron.checkpointing import (
+    latest_checkpoint,
+    load_checkpoint,
+    staged_dir,
+    step_dir_name,
+    write_model_state,
+)
+from uniapl_mcore.megatron.model import TrainableModel
+from uniapl_mcore.runtime.parallel import ParallelLayout
+from uniapl_mcore.trainer.update import Reference
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.json"
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (Python, NumPy, torch CPU, Megatron's model-parallel
+    tracker, CUDA when present)."""
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    state = {"random": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state(), "tracker": get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def fault_point(point: str, step: int) -> None:
+    """Fault injection for the kill-and-resume tests: ``UNIAPL_FAULT=<point>:<step>`` makes
+    this process SIGKILL itself when it reaches ``point`` at ``step`` (``step``: mid-step,
+    after the optimizer update; ``checkpoint``: while the checkpoint is half written)."""
+    if os.environ.get("UNIAPL_FAULT") == f"{point}:{step}":
+        import signal
+
+        logger.warning("UNIAPL_FAULT: killing this process at %s %d", point, step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def read_resume_point(root: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The latest checkpoint under ``root`` and its trainer state (``{}`` when none)."""
+    resume = latest_checkpoint(root)
+    return resume, json.loads((resume / TRAINER_STATE).read_text()) if resume else {}
+
+
+class CheckpointManager:
+    """Saves and loads the run's stateful parts atomically (collective).
+
+    ``discriminator`` (its client; saved when trainable) and ``samplers`` (``{stage index:
+    sampler}``, written into ``trainer_state.json``) exist on global rank 0 only; the other
+    ranks pass None.
+    """
+
+    def __init__(self, root: Path, layout: ParallelLayout, keep_last: int, *,
+                 policy: TrainableModel, reference: Reference | None,
+                 discriminator: Any | None = None,
+                 samplers: dict[int, Any] | None = None) -> None:
+        self.root, self.layout, self.keep_last = root, layout, keep_last
+        self.policy, self.reference = policy, reference
+        self.discriminator, self.samplers = discriminator, samplers
+
+    def _rng_file(self, directory: Path) -> Path:
+        return directory / "rng" / f"rank_{self.layout.rank:05d}.pt"
+
+    def _trainable_disc(self) -> Any | None:
+        disc = self.discriminator
+        return disc if disc is not None and disc.trainable else None
+
+    def save(self, step: int, stage: int) -> Path:
+        """Everything as ``root/step_NNNNNN``; returns that directory."""
+        subdirs = ("policy", "rng") + (("reference",) if self.reference is not None else ())
+        with staged_dir(self.root, step, self.keep_last, subdirs) as tmp:
+            write_model_state(tmp / "policy", self.policy, True, {"stage": stage}, step)
+            if self.reference is not None:
+                write_model_state(tmp / "reference", self.reference.as_trainable(), False)
+            torch.save(rng_state(), self._rng_file(tmp))
+            fault_point("checkpoint", step)
+            if (disc := self._trainable_disc()) is not None:
+                disc.save(str(tmp / "discriminator"))  # frozen: its own checkpoint
+            if self.samplers is not None:
+                state = {"step": step, "stage": stage, "weight_version": step,
+                         "world_size": self.layout.world_size,
+                         "samplers": {str(i): s.state_dict() for i, s in self.samplers.items()}}
+                (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1))
+        return self.root / step_dir_name(step)
+
+    def load(self, path: Path) -> None:
+        """Every part from ``path`` (the trainer state is read by :func:`read_resume_point`)."""
+        load_checkpoint(path / "policy", self.policy)
+        if self.reference is not None:
+            load_checkpoint(path / "reference", self.reference.as_trainable(),
+                            include_optimizer=False)
+        if (disc := self._trainable_disc()) is not None:
+            disc.load(str(path / "discriminator"))
+        rng_file = self._rng_file(path)
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        else:
+            logger.warning("%s: no RNG state for rank %d (world size changed?)", path,
+                           self.layout.rank)
