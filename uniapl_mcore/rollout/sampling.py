@@ -1,8 +1,6 @@
-"""Token sampling as pure tensor functions (temperature, top-k, top-p, per-row generators)."""
+"""Token sampling as pure tensor functions (temperature, top-k, top-p, per-row draws)."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 
@@ -44,16 +42,21 @@ def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
 
 
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                  top_p: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """Next token ids int64 [B] from ``logits`` float [B, V]; rows with temperature 0 are
-    greedy, the others draw from their own generator (one per row)."""
+                  top_p: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Next token ids int64 [B] from ``logits`` float [B, V], by inverse CDF.
+
+    Rows with temperature 0 are greedy; each other row takes the first token whose
+    cumulative filtered probability exceeds its draw ``uniforms`` [B] in [0, 1) (float64),
+    so a token of zero probability is never chosen and a row's token depends only on its own
+    logits and draw.
+    """
     greedy = temperature <= 0
     out = logits.argmax(-1)
     if bool(greedy.all()):
         return out
     safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
-    probs = filter_logits(logits.float(), safe_t, top_k, top_p).softmax(-1).cpu()
-    for row, gen in enumerate(generators):
-        if not bool(greedy[row]):
-            out[row] = torch.multinomial(probs[row], 1, generator=gen).to(out.device)[0]
-    return out
+    probs = filter_logits(logits.float(), safe_t, top_k, top_p).softmax(-1)
+    cdf = probs.double().cumsum(-1)
+    target = uniforms.to(cdf)[:, None] * cdf[:, -1:]
+    drawn = torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
+    return torch.where(greedy, out, drawn)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from uniapl_mcore.rollout.decoder import StaticDecoder, supports
 from uniapl_mcore.rollout.engine import CHECKPOINT_VERSION, NO_WEIGHTS, VersionGuard
 from uniapl_mcore.rollout.sampling import sample_generator, sample_tokens
 from uniapl_mcore.rollout.types import (
@@ -85,6 +86,7 @@ class TorchEngine:
         self.eos_ids = _eos_ids(model)
         self.pad_id = self.eos_ids[0] if self.eos_ids else 0
         self._params = dict(self.model.named_parameters(remove_duplicate=False))
+        self._decoder = StaticDecoder(self.model) if supports(self.model) else None
         self._loaded: set[int] = set()
         self.asleep = False
         self.stats: dict[str, float] = {"generate_s": 0.0, "load_s": 0.0, "tokens": 0}
@@ -132,6 +134,8 @@ class TorchEngine:
         if missing:
             raise RuntimeError(f"weight update {version} is incomplete: {len(missing)} "
                                f"parameters never sent, e.g. {missing[:3]}")
+        if self._decoder is not None:
+            self._decoder.refresh()
         self.guard.finish(version)
         logger.info("engine now serves weight version %d", version)
 
@@ -142,6 +146,8 @@ class TorchEngine:
         if level not in (1, 2):
             raise ValueError(f"sleep level must be 1 or 2, got {level}")
         if self.device.type != "cpu":
+            if self._decoder is not None:
+                self._decoder.layers = []  # its fused weights live on the device
             self.model.to("cpu")
             torch.cuda.empty_cache()
         if level == 2:
@@ -151,6 +157,8 @@ class TorchEngine:
     def wake_up(self) -> None:
         if self.device.type != "cpu":
             self.model.to(self.device)
+            if self._decoder is not None:
+                self._decoder.refresh()
         self.asleep = False
 
     def health(self) -> dict[str, Any]:
@@ -195,7 +203,12 @@ class TorchEngine:
 
     @torch.no_grad()
     def _generate_rows(self, rows: list[_Row], prompts: list[tuple[int, ...]]) -> None:
-        """Prefill the left-padded prompts [B, L], then decode until every row finishes."""
+        """Prefill the left-padded prompts [B, L], then decode until every row finishes.
+
+        Per step everything is batched: sampling from each row's pre-drawn uniforms, the
+        sampled tokens' log-probs, and the stop checks (end tokens, per-row length limits);
+        only stop *strings* need a per-row look at the decoded text.
+        """
         width = max(len(p) for p in prompts)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -203,44 +216,112 @@ class TorchEngine:
             ids[b, width - len(prompt):] = torch.tensor(prompt)
             mask[b, width - len(prompt):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        temperature = torch.tensor([r.params.temperature for r in rows], device=self.device)
-        top_k = torch.tensor([r.params.top_k for r in rows], device=self.device)
-        top_p = torch.tensor([r.params.top_p for r in rows], device=self.device)
-        gens = [r.generator for r in rows]
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         use_cache=True)
-        for _ in range(max(r.params.max_tokens for r in rows)):
-            logits = out.logits[:, -1].float()
+        steps = max(r.params.max_tokens for r in rows)
+        state = _BatchState(rows, steps, self.eos_ids, self.device)
+        forward = self._forward_fn(ids, mask, steps)
+        logits = forward(None)
+        for step in range(steps):
             logp = logits.log_softmax(-1)
-            nxt = sample_tokens(logits, temperature, top_k, top_p, gens)
-            chosen = logp.gather(-1, nxt[:, None])[:, 0].tolist()
-            for row, token, lp in zip(rows, nxt.tolist(), chosen, strict=True):
-                if row.finish is None:
-                    row.tokens.append(token)
-                    row.logprobs.append(lp)
-                    row.finish = self._finished(row, token)
-            if all(r.finish is not None for r in rows):
-                return
-            nxt = torch.where(torch.tensor([r.finish is None for r in rows], device=self.device),
-                              nxt, torch.full_like(nxt, self.pad_id))
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions[:, -1:] + 1
-            out = self.model(input_ids=nxt[:, None], attention_mask=mask,
-                             position_ids=positions, past_key_values=out.past_key_values,
-                             use_cache=True)
+            nxt = sample_tokens(logits, state.temperature, state.top_k, state.top_p,
+                                state.uniforms[:, step])
+            state.record(step, nxt, logp.gather(-1, nxt[:, None])[:, 0])
+            if state.has_stop_strings and self.tokenizer is not None:
+                self._stop_strings(rows, state, step)
+            if not bool(state.live.any()):
+                break
+            logits = forward(torch.where(state.live, nxt, torch.full_like(nxt, self.pad_id)))
+        state.write_back(rows)
 
-    def _finished(self, row: _Row, token: int) -> str | None:
-        params = row.params
-        if (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids:
-            return "stop"
-        if params.stop and self.tokenizer is not None:
-            tail = self.tokenizer.decode(row.tokens[-16:], skip_special_tokens=True)
-            if any(s in tail for s in params.stop):
-                return "stop"
-        if len(row.tokens) >= params.max_tokens:
-            return "length"
-        return None
+    def _forward_fn(self, ids: torch.Tensor, mask: torch.Tensor, steps: int):
+        """A function: ``None`` → prefill logits [B, V]; tokens [B] → next logits [B, V].
+
+        The lean :class:`StaticDecoder` where the model's family allows, else the model's own
+        forward with its KV cache."""
+        if self._decoder is not None:
+            decoder = self._decoder
+
+            def lean(tokens: torch.Tensor | None) -> torch.Tensor:
+                if tokens is None:
+                    return decoder.prefill(ids, mask, steps)
+                return decoder.decode(tokens)
+            return lean
+        cache: dict[str, Any] = {"mask": mask, "positions": (mask.cumsum(-1) - 1).clamp(min=0)}
+
+        def generic(tokens: torch.Tensor | None) -> torch.Tensor:
+            if tokens is None:
+                out = self.model(input_ids=ids, attention_mask=mask,
+                                 position_ids=cache["positions"], use_cache=True)
+            else:
+                cache["mask"] = torch.cat([cache["mask"], torch.ones_like(mask[:, :1])], dim=1)
+                cache["positions"] = cache["positions"][:, -1:] + 1
+                out = self.model(input_ids=tokens[:, None], attention_mask=cache["mask"],
+                                 position_ids=cache["positions"],
+                                 past_key_values=cache["past"], use_cache=True)
+            cache["past"] = out.past_key_values
+            return out.logits[:, -1].float()
+        return generic
+
+    def _stop_strings(self, rows: list[_Row], state: _BatchState, step: int) -> None:
+        """End the rows that took a token at ``step`` and whose decoded tail now holds one
+        of their stop strings."""
+        lengths = state.lengths.tolist()
+        for b, row in enumerate(rows):
+            if not row.params.stop or lengths[b] != step + 1:
+                continue
+            tail = self.tokenizer.decode(state.tokens[b, max(0, step - 15):step + 1].tolist(),
+                                         skip_special_tokens=True)
+            if any(text in tail for text in row.params.stop):
+                state.stopped[b] = True
+                state.live[b] = False
+
+
+class _BatchState:
+    """The per-row state of one generation batch, as tensors over its B rows.
+
+    ``uniforms`` float64 [B, steps]: each row's draws, taken up front from its own
+    generator (so a seeded row samples the same tokens in any batch); ``tokens`` int64 and
+    ``logprobs`` float32 [B, steps]: what each row generated (its first ``lengths[b]``
+    entries); ``live``: still generating; ``stopped``: ended by a stop token or string
+    (else by its length limit).
+    """
+
+    def __init__(self, rows: list[_Row], steps: int, eos_ids: tuple[int, ...],
+                 device: torch.device) -> None:
+        params = [row.params for row in rows]
+        self.temperature = torch.tensor([p.temperature for p in params], device=device)
+        self.top_k = torch.tensor([p.top_k for p in params], device=device)
+        self.top_p = torch.tensor([p.top_p for p in params], device=device)
+        self.max_tokens = torch.tensor([p.max_tokens for p in params], device=device)
+        self.uniforms = torch.stack([torch.rand(steps, generator=row.generator,
+                                                dtype=torch.float64) for row in rows]).to(device)
+        stops = [(() if p.ignore_eos else eos_ids) + tuple(p.stop_token_ids) for p in params]
+        width = max(1, max(len(ids) for ids in stops))
+        self.stop_ids = torch.tensor([list(ids) + [-1] * (width - len(ids)) for ids in stops],
+                                     device=device)
+        self.has_stop_strings = any(p.stop for p in params)
+        self.tokens = torch.zeros(len(rows), steps, dtype=torch.long, device=device)
+        self.logprobs = torch.zeros(len(rows), steps, device=device)
+        self.lengths = torch.zeros(len(rows), dtype=torch.long, device=device)
+        self.live = torch.ones(len(rows), dtype=torch.bool, device=device)
+        self.stopped = torch.zeros(len(rows), dtype=torch.bool, device=device)
+
+    def record(self, step: int, tokens: torch.Tensor, logprobs: torch.Tensor) -> None:
+        """Append ``tokens`` int64 [B] with their ``logprobs`` [B] to the live rows."""
+        self.tokens[:, step] = tokens
+        self.logprobs[:, step] = logprobs
+        self.lengths += self.live.long()
+        hit = (tokens[:, None] == self.stop_ids).any(-1) & self.live
+        self.stopped |= hit
+        self.live &= ~hit & (self.lengths < self.max_tokens)
+
+    def write_back(self, rows: list[_Row]) -> None:
+        """Copy each row's tokens, log-probs and finish reason into ``rows``."""
+        tokens, logprobs = self.tokens.cpu(), self.logprobs.cpu()
+        for b, (row, length, stopped) in enumerate(zip(rows, self.lengths.tolist(),
+                                                        self.stopped.tolist(), strict=True)):
+            row.tokens = tokens[b, :length].tolist()
+            row.logprobs = logprobs[b, :length].tolist()
+            row.finish = "stop" if stopped else "length"
 
 
 def _eos_ids(model) -> tuple[int, ...]:
