@@ -124,6 +124,9 @@ FS_READ = FS_READ_FILE | FS_READ_DIR
 class SandboxSetupError(OSError):
     """A kernel primitive the sandbox needs failed (message names the call)."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def _check(result: int, what: str) -> int:
     if result < 0:

@@ -101,6 +101,12 @@ class Zygote:
                 [sys.executable, "-I", "-c", code], pass_fds=[child.fileno()],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
+        except OSError as exc:
+            parent.close()
+            shutil.rmtree(self.mountpoint, ignore_errors=True)
+            raise SandboxUnavailableError(
+                f"code-verifier sandbox could not be set up: cannot start Python: {exc}"
+            ) from exc
         finally:
             child.close()
         self.sock = parent
@@ -275,6 +281,8 @@ def parse_output(data: bytes, overflow: bool, limit_kb: int,
     code = status.get("code")
     if status.get("timeout"):
         return False, f"timeout after {timeout_s:g}s"
+    if len(lines) > 2:  # the child writes exactly one line; anything else is tampering
+        return False, "the verifier wrote to its verdict channel"
     if code == 0 and verdict is not None:
         return verdict[0] is True, str(verdict[1])
     if verdict is not None and verdict[1]:
