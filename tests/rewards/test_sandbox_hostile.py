@@ -192,8 +192,9 @@ def test_a_verifier_cannot_write_another_verdict(hook: bool) -> None:
         return False
     """, forge=forge)
     slow_false = "import time\n" + _src("time.sleep(0.5)\nreturn False\n")
-    verdicts = _run([slow_false, attacker, slow_false], hook)
-    _assert_contained(verdicts)
+    slow_good = "import time\n" + _src("time.sleep(0.5)\nreturn 'hello' in response\n")
+    verdicts = _run([slow_good, attacker, slow_false, slow_good], hook)
+    _assert_contained(verdicts, [True, False, False, True])
     assert "verdict channel" in verdicts[1].reason or "violation" in verdicts[1].reason
 
 
@@ -394,3 +395,18 @@ def test_signal_to_zygote_from_outside_kills_all_verifiers() -> None:
         time.sleep(0.05)
     assert _sandbox_processes() == []
     assert [v.passed for v in _run([GOOD], True)] == [True]  # a new zygote starts
+
+
+def test_syscall_numbers_match_the_kernel_headers() -> None:
+    from uniapl_mcore.rewards.sandbox import _oslayer
+
+    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+    if not header.is_file():
+        pytest.skip("no x86-64 kernel headers on this machine")
+    table = {}
+    for line in header.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "#define" and parts[1].startswith("__NR_"):
+            table[parts[1][5:]] = int(parts[2])
+    assert {name: table.get(name) for name in _oslayer.NR} == _oslayer.NR
+    assert set(_oslayer.DENIED) <= set(_oslayer.NR)
