@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import gc
 import json
 import os
 import random
@@ -294,6 +295,10 @@ def _serve(ctl: socket.socket, mountpoint: str) -> None:
     vm_base = _vm_size() + (64 << 20)
     build_root(mountpoint, roots)
     server = _Server(ctl, roots, abi, uid_base, devnull, vm_base)
+    # Children must not copy the warm heap: a garbage collection in a child would touch
+    # (and so copy-on-write) every object the zygote holds.
+    gc.collect()
+    gc.freeze()
     _send(ctl, {"ready": True, "landlock_abi": abi, "roots": roots})
     server.loop()
 

@@ -116,6 +116,9 @@ class Zygote:
         except BaseException:
             self.close()
             raise
+        # The zygote has pivoted into its private root: the host-side mount point is no
+        # longer used by anything, so nothing of the sandbox is left visible here.
+        os.rmdir(self.mountpoint)
 
     def _await_ready(self) -> dict:
         ready, _, _ = select.select([self.sock], [], [], _START_TIMEOUT_S)
