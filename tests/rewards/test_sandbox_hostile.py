@@ -45,13 +45,21 @@ def _run(sources: list[str], hook: bool) -> list:
     return run_code_verifiers(sources, RESPONSE, CFG, _audit_hook=hook)
 
 
-def _sandbox_processes() -> list[int]:
-    """Host PIDs of processes running as a sandbox uid (>= 2**30), the zygote's excluded."""
+def _zygote_pid_namespace() -> str:
+    """The PID namespace the current zygote's verifiers live in (as ``/proc`` names it)."""
+    return os.readlink(f"/proc/{get_zygote().proc.pid}/ns/pid_for_children")
+
+
+def _sandbox_processes(namespace: str | None = None) -> list[int]:
+    """Host PIDs of verifier processes (sandbox uids) in the zygote's PID namespace."""
+    namespace = namespace or _zygote_pid_namespace()
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
+            if os.readlink(f"/proc/{entry}/ns/pid") != namespace:
+                continue
             status = Path(f"/proc/{entry}/status").read_text()
         except OSError:
             continue
@@ -387,6 +395,7 @@ def test_without_privileges_fails_closed_with_one_clear_line() -> None:
 def test_signal_to_zygote_from_outside_kills_all_verifiers() -> None:
     # The zygote is PID 1 of its namespace: when it dies, no verifier survives it.
     zygote = get_zygote()
+    namespace = _zygote_pid_namespace()
     sleeper = "import time\n" + _src("time.sleep(600)\nreturn True\n")
     import threading
 
@@ -394,14 +403,14 @@ def test_signal_to_zygote_from_outside_kills_all_verifiers() -> None:
     thread = threading.Thread(target=lambda: result.extend(_run([sleeper], True)))
     thread.start()
     time.sleep(0.5)
-    assert _sandbox_processes()
+    assert _sandbox_processes(namespace)
     os.kill(zygote.proc.pid, signal.SIGKILL)
     thread.join(timeout=CFG.sandbox_timeout_s + 10)
     assert result and result[0].passed is False
     deadline = time.monotonic() + 5
-    while _sandbox_processes() and time.monotonic() < deadline:
+    while _sandbox_processes(namespace) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _sandbox_processes() == []
+    assert _sandbox_processes(namespace) == []
     assert [v.passed for v in _run([GOOD], True)] == [True]  # a new zygote starts
 
 

@@ -22,6 +22,13 @@ operating-system boundary (details and the reasons for each mechanism in
 Any failure — timeout, crash, refused operation, exception, non-boolean return —
 gives that verifier a ``False`` verdict and a reason, which is logged.
 
+Why a fork server of our own rather than bubblewrap or nsjail: those are Debian packages
+the project's machines do not install, and both exec a new interpreter per run — the
+~0.65 s per response this design removes; the kernel features they use (namespaces,
+``pivot_root``, seccomp, plus Landlock) are reachable from Python through ``ctypes``.
+User namespaces are not used: the trainer runs as root, and real uids (not a one-uid
+mapping) are what keep concurrent verifiers apart.
+
 Where the boundary cannot be set up (not root, no Landlock, not Linux x86-64, …) the
 first call raises :class:`SandboxUnavailableError` — fail closed — unless
 ``reward.sandbox_allow_unconfined`` is true: then verifiers run in a fresh ``python -I``
