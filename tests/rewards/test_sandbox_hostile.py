@@ -427,3 +427,25 @@ def test_syscall_numbers_match_the_kernel_headers() -> None:
             table[parts[1][5:]] = int(parts[2])
     assert {name: table.get(name) for name in _oslayer.NR} == _oslayer.NR
     assert set(_oslayer.DENIED) <= set(_oslayer.NR)
+
+
+def test_benign_verdicts_match_the_unconfined_path() -> None:
+    # The verdicts (and reasons) of ordinary AutoIF-style verifiers are those of the
+    # fresh-interpreter path this sandbox replaces.
+    from uniapl_mcore.rewards.sandbox.legacy import run_unconfined
+
+    sources = [
+        GOOD,
+        "def evaluate(response):\n    return len(response.split()) > 100\n",
+        "import re\ndef evaluate(response):\n    return re.fullmatch(r'[a-z ,]+', response) is not None\n",
+        "from langdetect import detect\ndef evaluate(response):\n    return detect(response) == 'en'\n",
+        "import json, math, string, collections\ndef evaluate(response):\n"
+        "    c = collections.Counter(response)\n    return math.isclose(sum(c.values()), len(response)) and json.loads('[1]') == [1]\n",
+        "def evaluate(response):\n    return response.count(',') == 1\n",
+        "def evaluate(response):\n    raise ValueError('bad constraint')\n",
+        "def evaluate(response):\n    return 'yes'\n",
+        "def check(response):\n    return True\n",
+    ]
+    for response in (RESPONSE, "Ceci est une réponse en français, sans aucun doute possible."):
+        confined = [(v.passed, v.reason) for v in run_code_verifiers(sources, response, CFG)]
+        assert confined == run_unconfined(sources, response, CFG)
