@@ -449,3 +449,49 @@ def test_benign_verdicts_match_the_unconfined_path() -> None:
     for response in (RESPONSE, "Ceci est une réponse en français, sans aucun doute possible."):
         confined = [(v.passed, v.reason) for v in run_code_verifiers(sources, response, CFG)]
         assert confined == run_unconfined(sources, response, CFG)
+
+
+@HOOK
+def test_nothing_carries_over_to_the_next_verifier(hook: bool) -> None:
+    # A verifier that leaves state behind (a module attribute, a builtins entry, a file
+    # in its temporary directory) followed by one that looks for it: each starts clean.
+    plant = "import tempfile, os, json, builtins\n" + _src("""
+        json.planted = True
+        builtins.planted = True
+        open(os.path.join(tempfile.gettempdir(), 'planted'), 'w').write('x')
+        return False
+    """)
+    look = "import tempfile, os, json, builtins\n" + _src("""
+        return (getattr(json, 'planted', False) or hasattr(builtins, 'planted')
+                or os.path.exists(os.path.join(tempfile.gettempdir(), 'planted')))
+    """)
+    for _ in range(3):
+        assert [v.passed for v in _run([plant], hook)] == [False]
+        _assert_contained(_run([look, look], hook))
+
+
+@HOOK
+def test_flooding_the_verdict_pipe_or_spawning_threads_fails(hook: bool) -> None:
+    flood = "import os\n" + _src("""
+        for fd in range(3, 16):
+            try:
+                while True:
+                    os.write(fd, b'[true, ""]\\n' * 4096)
+            except OSError:
+                pass
+        return True
+    """)
+    threads = "import threading, time\n" + _src("""
+        started = 0
+        for _ in range(64):
+            threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+            started += 1
+        return started == 64
+    """)
+    start = time.monotonic()
+    verdicts = _run([flood, threads], hook)
+    assert time.monotonic() - start < CFG.sandbox_timeout_s + 1.5
+    _assert_contained(verdicts)
+    if not hook:
+        assert "exceeded" in verdicts[0].reason or "timeout" in verdicts[0].reason
+        assert "thread" in verdicts[1].reason

@@ -10,9 +10,9 @@ operating-system boundary (details and the reasons for each mechanism in
 * its own unprivileged uid/gid (no capabilities, ``no_new_privs``);
 * a filesystem view of read-only Python plus a private 16 MiB tmpfs (mount namespace
   and ``pivot_root``, and independently Landlock);
-* no process creation (seccomp on ``fork``/``vfork``/``clone``/``execve*``, and
-  ``RLIMIT_NPROC``, which binds because the uid is not root), no signals outside
-  itself (PID namespace, uid, Landlock scoping);
+* no process creation (seccomp on ``fork``/``vfork``/``clone``/``execve*``; threads
+  are allowed but ``RLIMIT_NPROC`` = 16 caps them, which binds because the uid is not
+  root), no signals outside itself (PID namespace, uid, Landlock scoping);
 * rlimits on address space, CPU seconds, file size, open files; a wall-clock deadline
   after which it is SIGKILLed;
 * its verdict read by the trainer from a pipe made for it alone;
