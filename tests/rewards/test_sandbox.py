@@ -92,11 +92,15 @@ def test_benign_verifiers_pass_and_may_use_their_temp_dir():
     assert [v.passed for v in verdicts] == [True, True, True]
 
 
-def test_verdicts_before_a_timeout_are_kept():
+def test_a_timeout_does_not_spill_onto_its_neighbours():
+    # Each verifier has its own process: the ones around an infinite loop keep their
+    # verdicts, and the response's verifiers share one deadline (they run at once).
     loop = HOSTILE["infinite_loop"][0]
-    verdicts = run_code_verifiers([GOOD, loop, GOOD], RESPONSE, CFG)
-    assert [v.passed for v in verdicts] == [True, False, False]
-    assert "timeout" in verdicts[1].reason
+    start = time.monotonic()
+    verdicts = run_code_verifiers([GOOD, loop, GOOD, loop], RESPONSE, CFG)
+    assert time.monotonic() - start < CFG.sandbox_timeout_s + 1.5
+    assert [v.passed for v in verdicts] == [True, False, True, False]
+    assert "timeout" in verdicts[1].reason and "timeout" in verdicts[3].reason
 
 
 def test_disabled_by_default():

@@ -41,6 +41,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str | None]] = {
                        None),
     "trl_grpo": ("trl_grpo.py", [], ["--quick"], "trl"),
     "gpu_mfu": ("gpu_mfu.py", [], ["--steps", "3"], None),
+    "sandbox": ("sandbox.py", [], ["--responses", "60", "--baseline-responses", "4"], None),
 }
 
 

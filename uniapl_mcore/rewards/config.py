@@ -20,9 +20,13 @@ class RewardConfig:
         start_method: multiprocessing start method of the worker pool.
         code_verifiers_enabled: run dataset-provided Python ``evaluate(response)``
             verifiers (AutoIF). Off by default; rows that need them are rejected.
-        sandbox_timeout_s: wall-clock limit of one sandboxed verifier run.
-        sandbox_memory_mb: address-space cap of the sandbox process.
+        sandbox_timeout_s: wall-clock limit of one verifier (all of a response's run at once).
+        sandbox_memory_mb: address space a verifier may add to the warm interpreter, MiB.
         sandbox_max_output_kb: most bytes read back from the sandbox, in KiB.
+        sandbox_allow_unconfined: where the OS-level sandbox cannot be set up (not root,
+            no Landlock, not Linux x86-64), run code verifiers anyway in a fresh
+            interpreter behind the Python audit hook only — escapable, so off by
+            default: then such a machine refuses code verifiers with one error.
     """
 
     mode: str = "strict"
@@ -33,6 +37,7 @@ class RewardConfig:
     sandbox_timeout_s: float = 5.0
     sandbox_memory_mb: int = 512
     sandbox_max_output_kb: int = 256
+    sandbox_allow_unconfined: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in REWARD_MODES:
@@ -57,6 +62,8 @@ class RewardConfig:
             raise ValueError(
                 f"reward.sandbox_memory_mb must be an integer >= 64, got {self.sandbox_memory_mb!r}"
             )
+        if not isinstance(self.sandbox_allow_unconfined, bool):
+            raise ValueError("reward.sandbox_allow_unconfined must be a boolean")
         if not isinstance(self.sandbox_max_output_kb, int) or self.sandbox_max_output_kb < 1:
             raise ValueError(
                 "reward.sandbox_max_output_kb must be an integer >= 1, "

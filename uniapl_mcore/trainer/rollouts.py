@@ -73,8 +73,9 @@ def ensure_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-                 num_cpus=max(2, os.cpu_count() or 2))
+        from uniapl_mcore.rollout.ray_local import init_local_ray
+
+        init_local_ray(num_cpus=max(2, os.cpu_count() or 2))
 
 
 class RolloutService:
