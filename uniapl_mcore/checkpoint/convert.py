@@ -24,10 +24,11 @@ import torch
 from uniapl_mcore.checkpoint.dcp_io import ChunkSpec, TorchDistReader, write_torch_dist
 from uniapl_mcore.checkpoint.hf_io import (
     CheckpointError,
+    HFWeights,
     PlannedTensor,
-    SafetensorsReader,
     SafetensorsShardWriter,
     copy_side_files,
+    open_hf_weights,
 )
 from uniapl_mcore.checkpoint.mapping import TensorRule, to_hf, to_mcore
 from uniapl_mcore.config import ModelConfig
@@ -57,7 +58,7 @@ def _expected_names(rules: list[TensorRule], model: ModelConfig) -> dict[str, Te
     return names
 
 
-def _check_hf_tensors(reader: SafetensorsReader, bundle: ModelBundle,
+def _check_hf_tensors(reader: HFWeights, bundle: ModelBundle,
                       model: ModelConfig, rules: list[TensorRule]) -> None:
     """Every mapped tensor present with the right shape and dtype; nothing left unmapped."""
     expected = _expected_names(rules, model)
@@ -92,7 +93,7 @@ def _template_of(name: str, rule: TensorRule) -> str:
     raise CheckpointError(f"no shape rule for {name!r}")
 
 
-def _hf_chunks(reader: SafetensorsReader, bundle: ModelBundle, model: ModelConfig,
+def _hf_chunks(reader: HFWeights, bundle: ModelBundle, model: ModelConfig,
                rules: list[TensorRule]) -> list[ChunkSpec]:
     """One ChunkSpec per (rule, layer); data is read and transformed only when written."""
     shape = bundle.attention_shape(model)
@@ -136,13 +137,14 @@ def _atomic_output(out: Path) -> Path:
 
 
 def hf_to_mcore(hf_dir: str | Path, out: str | Path, threads: int = 2) -> Path:
-    """Convert an HF checkpoint directory into a Megatron-Core ``torch_dist`` checkpoint."""
+    """Convert an HF checkpoint directory (safetensors, or ``pytorch_model*.bin`` read with
+    ``torch.load(weights_only=True)``) into a Megatron-Core ``torch_dist`` checkpoint."""
     hf_dir, out = Path(hf_dir), Path(out)
     hf, bundle, model = load_hf_architecture(hf_dir)
     rules = bundle.tensor_rules(model)
     tmp = _atomic_output(out)
     try:
-        reader = SafetensorsReader(hf_dir)
+        reader = open_hf_weights(hf_dir)
         _check_hf_tensors(reader, bundle, model, rules)
         chunks = _hf_chunks(reader, bundle, model, rules)
         write_torch_dist(chunks, tmp, common={"step": 0, "format": FORMAT}, threads=threads)
