@@ -49,6 +49,28 @@ def load_hf_architecture(hf_dir: str | Path) -> tuple[HFConfig, ModelBundle, Mod
     return hf, bundle, bundle.model_config(hf)
 
 
+def check_reward_tokenizer(hf_dir: Path, model: ModelConfig) -> None:
+    """A reward model that ships a tokenizer: it must load (without running anything from
+    the directory) and encode POLAR's reward token as the id ``config.json`` reads the score
+    at (``reward_token_id``). One-line :class:`CheckpointError` naming the file otherwise."""
+    if not model.value_head or not (hf_dir / "tokenizer_config.json").is_file():
+        return
+    from uniapl_mcore.data.tiny_tokenizer import load_tokenizer
+    from uniapl_mcore.discriminator.polar_template import REWARD_TOKEN
+
+    try:
+        tokenizer = load_tokenizer(hf_dir)
+    except (OSError, ValueError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise CheckpointError(f"{hf_dir}: cannot load its tokenizer: "
+                              f"{lines[0] if lines else type(err).__name__}") from None
+    ids = list(tokenizer(REWARD_TOKEN, add_special_tokens=False)["input_ids"])
+    if ids != [model.reward_token_id]:
+        raise CheckpointError(f"{hf_dir / 'config.json'}: reward_token_id is "
+                              f"{model.reward_token_id}, but the tokenizer encodes "
+                              f"{REWARD_TOKEN} as {ids}")
+
+
 def _expected_names(rules: list[TensorRule], model: ModelConfig) -> dict[str, TensorRule]:
     names = {}
     for rule in rules:
@@ -141,6 +163,7 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, threads: int = 2) -> Path:
     ``torch.load(weights_only=True)``) into a Megatron-Core ``torch_dist`` checkpoint."""
     hf_dir, out = Path(hf_dir), Path(out)
     hf, bundle, model = load_hf_architecture(hf_dir)
+    check_reward_tokenizer(hf_dir, model)
     rules = bundle.tensor_rules(model)
     tmp = _atomic_output(out)
     try:
