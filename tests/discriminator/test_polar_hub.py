@@ -350,4 +350,5 @@ def test_frozen_discriminator_training_step(hub, ray_cluster, tmp_path):
     records = read_records(tmp_path / "run")
     assert [r["step"] for r in records][-1] == 1
     assert all_finite(records[-1]) and "adv_pref/loss" in records[-1], records[-1]
+    assert records[-1]["pref/score_mean"] != 0.0  # POLAR scored the rollouts
     assert not any(k.startswith("disc/loss") for k in records[-1])  # frozen: never updated

@@ -163,6 +163,19 @@ def _parse_added_tokens(config: dict[str, Any], directory: Path) -> dict[int, Ad
     return added
 
 
+def _warn_if_fast_class(config: dict[str, Any], directory: Path) -> None:
+    """``AutoTokenizer`` (``use_fast`` by default) would load a fast class when ``auto_map``
+    names one; its decoding differs from the slow class reproduced here (no punctuation
+    clean-up, other spacing around special tokens), so POLAR's own client would decode
+    differently. Said once, loudly: the encodings of plain text agree."""
+    auto = config.get("auto_map")
+    entry = auto.get("AutoTokenizer") if isinstance(auto, dict) else None
+    if isinstance(entry, list) and len(entry) > 1 and entry[1]:
+        logger.warning("%s names a fast tokenizer class (%s) in auto_map; this project "
+                       "reproduces the slow InternLM2Tokenizer, whose decoding differs",
+                       directory / CONFIG_FILE, entry[1])
+
+
 class InternLM2Tokenizer:
     """InternLM2's SentencePiece tokenizer (see the module docstring for the exact rules).
 
@@ -249,6 +262,7 @@ class InternLM2Tokenizer:
             if not isinstance(flags[key], bool):
                 raise TokenizerError(f"{directory / CONFIG_FILE}: {key}: expected true/false, "
                                      f"got {flags[key]!r}")
+        _warn_if_fast_class(config, directory)
         tokenizer = cls(vocab.read_bytes(), _parse_added_tokens(config, directory), special,
                         [_token_text(t, f"{directory / CONFIG_FILE}: additional_special_tokens")
                          for t in extra], source=str(vocab), **flags)
