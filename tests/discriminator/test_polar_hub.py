@@ -234,6 +234,7 @@ def test_bin_that_is_not_a_plain_tensor_dict(tmp_path):
         torch.save({**tensors, "extra": _Smuggled()}, shard)
         message = _convert_error(hf, tmp_path)
         assert message.startswith(f"{shard}: not a plain tensor file")
+        assert "GLOBAL posix.system" in message and "weights_only` set to `False`" not in message
         assert not (tmp_path / "pwned").exists()
     finally:
         os.chdir(cwd)
@@ -352,3 +353,14 @@ def test_frozen_discriminator_training_step(hub, ray_cluster, tmp_path):
     assert all_finite(records[-1]) and "adv_pref/loss" in records[-1], records[-1]
     assert records[-1]["pref/score_mean"] != 0.0  # POLAR scored the rollouts
     assert not any(k.startswith("disc/loss") for k in records[-1])  # frozen: never updated
+
+
+def test_legacy_torch_save_format_is_read_too(tmp_path):
+    """A pre-zip ``torch.save`` file (no memory map) goes through the same restricted load."""
+    hf = save_polar_hub_dir(tmp_path / "hf", weights="bin")
+    tensors = torch.load(hf / "pytorch_model.bin", weights_only=True)
+    torch.save(tensors, hf / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    reader = open_hf_weights(hf)
+    assert set(reader.names()) == set(tensors)
+    assert all(torch.equal(reader.get(n), t) for n, t in tensors.items())
+    hf_to_mcore(hf, tmp_path / "mcore")

@@ -179,6 +179,14 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+def _refusal(err: BaseException) -> str:
+    """The line of a ``weights_only`` refusal that says what was refused (torch's message
+    opens with generic advice to retry unsafely, which must not be passed on)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "WeightsUnpickler" in line]
+    return (named or lines or [type(err).__name__])[0]
+
+
 def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     """A ``torch.save`` file holding a flat ``{name: tensor}`` dict, loaded with
     ``torch.load(weights_only=True)`` (memory-mapped when the file is in the zip format, so
@@ -190,7 +198,7 @@ def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path}: not a plain tensor file (torch.load(weights_only=True) "
-                              f"refused it: {_first_line(err)})") from None
+                              f"refused it: {_refusal(err)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable torch.save file ({_first_line(err)})") \
             from None
