@@ -364,3 +364,18 @@ def test_legacy_torch_save_format_is_read_too(tmp_path):
     assert set(reader.names()) == set(tensors)
     assert all(torch.equal(reader.get(n), t) for n, t in tensors.items())
     hf_to_mcore(hf, tmp_path / "mcore")
+
+
+def test_convert_cli_on_the_hub_layout(tmp_path, capsys):
+    """tools/convert_checkpoint.py hf-to-mcore: exit 0 on the published layout; one line and
+    exit 2 on a missing shard."""
+    from uniapl_mcore.checkpoint.convert_cli import main
+
+    hf = save_polar_hub_dir(tmp_path / "hf", weights="bin-shards")
+    assert main(["hf-to-mcore", "--hf", str(hf), "--out", str(tmp_path / "ok")]) == 0
+    capsys.readouterr()
+    (hf / "pytorch_model-00002-of-00002.bin").unlink()
+    assert main(["hf-to-mcore", "--hf", str(hf), "--out", str(tmp_path / "bad")]) == 2
+    assert capsys.readouterr().err == (
+        f"convert_checkpoint: error: {hf / 'pytorch_model-00002-of-00002.bin'}: shard listed "
+        "in pytorch_model.bin.index.json is missing\n")
