@@ -78,6 +78,8 @@ setup(
         "safetensors>=0.4.3",
         "transformers>=5.0,<6",
         "tokenizers>=0.22",
+        # SentencePiece models (POLAR / InternLM2 tokenizer.model), read without remote code
+        "sentencepiece>=0.2.0,<0.3",
         "datasets>=5.2,<6",
         "ray==2.60.0",
         "matplotlib>=3.8",

@@ -47,28 +47,35 @@ def save_tiny(directory: Path, family: str = "qwen3", tied: bool = False,
 
 
 def save_tiny_internlm2_reward(directory: Path, dtype: torch.dtype = torch.float32,
-                               seed: int = 0) -> Path:
+                               seed: int = 0, vocab_size: int = 96,
+                               reward_token_id: int | None = None,
+                               max_position_embeddings: int = 128,
+                               weights: str = "safetensors") -> Path:
     """A tiny POLAR-format reward model (InternLM2ForRewardModel) in HF file layout.
 
     transformers has no InternLM2 class (it ships as checkpoint code, which this project never
-    runs), so the files are written directly: config.json + model.safetensors.
+    runs), so the files are written directly: config.json (with the published ``auto_map``
+    keys) and the weights as ``weights``: ``safetensors`` (model.safetensors), ``bin``
+    (pytorch_model.bin) or ``bin-shards`` (two pytorch_model-0000i-of-00002.bin files plus
+    pytorch_model.bin.index.json), the last two written by ``torch.save``.
+    ``reward_token_id`` defaults to the last id.
     """
     import json
 
     from safetensors.torch import save_file
 
-    h, f, layers, nh, ng, v = 64, 96, 2, 4, 2, 96
+    h, f, layers, nh, ng, v = 64, 96, 2, 4, 2, vocab_size
     d = h // nh
     gen = torch.Generator().manual_seed(seed)
 
     def rnd(*shape: int, scale: float = 0.05) -> torch.Tensor:
         return (torch.randn(*shape, generator=gen) * scale).to(dtype)
 
-    weights = {"model.tok_embeddings.weight": rnd(v, h, scale=0.5),
+    tensors = {"model.tok_embeddings.weight": rnd(v, h, scale=0.5),
                "model.norm.weight": 1 + rnd(h, scale=0.1), "v_head.weight": rnd(1, h, scale=0.5)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        weights.update({
+        tensors.update({
             p + "attention_norm.weight": 1 + rnd(h, scale=0.1),
             p + "ffn_norm.weight": 1 + rnd(h, scale=0.1),
             p + "attention.wqkv.weight": rnd((nh + 2 * ng) * d, h),
@@ -76,15 +83,33 @@ def save_tiny_internlm2_reward(directory: Path, dtype: torch.dtype = torch.float
             p + "feed_forward.w1.weight": rnd(f, h), p + "feed_forward.w3.weight": rnd(f, h),
             p + "feed_forward.w2.weight": rnd(h, f)})
     directory.mkdir(parents=True)
-    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    if weights == "safetensors":
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    elif weights == "bin":
+        torch.save(tensors, directory / "pytorch_model.bin")
+    elif weights == "bin-shards":
+        names = list(tensors)
+        shards = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+                  "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+        for file_name, part in shards.items():
+            torch.save({n: tensors[n] for n in part}, directory / file_name)
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size()
+                                                for t in tensors.values())},
+                 "weight_map": {n: fn for fn, part in shards.items() for n in part}}
+        (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
+    else:
+        raise ValueError(f"weights: unknown format {weights!r}")
     config = {"architectures": ["InternLM2ForRewardModel"], "model_type": "internlm2",
-              "auto_map": {"AutoModel": "modeling_internlm2.InternLM2ForRewardModel"},
+              "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
+                           "AutoModel": "modeling_internlm2.InternLM2ForRewardModel",
+                           "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForRewardModel"},
               "attn_implementation": "eager", "bias": False, "hidden_act": "silu",
               "hidden_size": h, "intermediate_size": f, "num_hidden_layers": layers,
               "num_attention_heads": nh, "num_key_value_heads": ng, "vocab_size": v,
-              "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
+              "max_position_embeddings": max_position_embeddings, "rms_norm_eps": 1e-5,
               "rope_scaling": {"type": "dynamic", "factor": 2.0}, "rope_theta": 50000000,
-              "reward_token_id": v - 1, "tie_word_embeddings": False,
+              "reward_token_id": v - 1 if reward_token_id is None else reward_token_id,
+              "tie_word_embeddings": False, "initializer_range": 0.02, "pretraining_tp": 1,
               "torch_dtype": str(dtype).replace("torch.", ""), "pad_token_id": 2,
               "bos_token_id": 1, "eos_token_id": 2, "use_cache": True}
     (directory / "config.json").write_text(json.dumps(config, indent=2))

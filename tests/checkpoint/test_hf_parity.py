@@ -57,3 +57,19 @@ def test_bf16_logits_within_bf16_tolerance(tmp_path):
     (report,) = [r for r in results if r is not None]
     assert report["max_abs_logit_diff"] <= 2e-2, report
     assert report["min_cosine"] >= 0.99, report
+
+
+def test_polar_hub_layout_from_bin_shards_matches_reference(tmp_path):
+    """A POLAR directory as published (pytorch_model-*.bin shards + index, SentencePiece
+    tokenizer, 92544 ids), through tools/check_parity.py's path at TP=2: the reference reads
+    the same .bin shards (torch.load(weights_only=True))."""
+    from tests.discriminator.polar_hub import save_polar_hub_dir
+
+    hf = save_polar_hub_dir(tmp_path / "hf", weights="bin-shards")
+    mcore = hf_to_mcore(hf, tmp_path / "mcore")
+    results = run_distributed(parity_json, 2, args=(str(hf), str(mcore), 2, 1),
+                              timeout_s=300)
+    (report,) = [r for r in results if r is not None]
+    print(f"POLAR hub layout, TP=2: {report}")
+    assert report["max_abs_score_diff"] <= 1e-4, report
+    assert len(set(report["scores"])) == len(report["scores"])

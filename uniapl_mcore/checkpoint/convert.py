@@ -24,10 +24,11 @@ import torch
 from uniapl_mcore.checkpoint.dcp_io import ChunkSpec, TorchDistReader, write_torch_dist
 from uniapl_mcore.checkpoint.hf_io import (
     CheckpointError,
+    HFWeights,
     PlannedTensor,
-    SafetensorsReader,
     SafetensorsShardWriter,
     copy_side_files,
+    open_hf_weights,
 )
 from uniapl_mcore.config import ModelConfig
 from uniapl_mcore.models.gpt import torch_dtype
@@ -48,6 +49,28 @@ def load_hf_architecture(hf_dir: str | Path) -> tuple[HFConfig, ModelBundle, Mod
     return hf, bundle, bundle.model_config(hf)
 
 
+def check_reward_tokenizer(hf_dir: Path, model: ModelConfig) -> None:
+    """A reward model that ships a tokenizer: it must load (without running anything from
+    the directory) and encode POLAR's reward token as the id ``config.json`` reads the score
+    at (``reward_token_id``). One-line :class:`CheckpointError` naming the file otherwise."""
+    if not model.value_head or not (hf_dir / "tokenizer_config.json").is_file():
+        return
+    from uniapl_mcore.data.tiny_tokenizer import load_tokenizer
+    from uniapl_mcore.discriminator.polar_template import REWARD_TOKEN
+
+    try:
+        tokenizer = load_tokenizer(hf_dir)
+    except (OSError, ValueError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise CheckpointError(f"{hf_dir}: cannot load its tokenizer: "
+                              f"{lines[0] if lines else type(err).__name__}") from None
+    ids = list(tokenizer(REWARD_TOKEN, add_special_tokens=False)["input_ids"])
+    if ids != [model.reward_token_id]:
+        raise CheckpointError(f"{hf_dir / 'config.json'}: reward_token_id is "
+                              f"{model.reward_token_id}, but the tokenizer encodes "
+                              f"{REWARD_TOKEN} as {ids}")
+
+
 def _expected_names(rules: list[TensorRule], model: ModelConfig) -> dict[str, TensorRule]:
     names = {}
     for rule in rules:
@@ -57,7 +80,7 @@ def _expected_names(rules: list[TensorRule], model: ModelConfig) -> dict[str, Te
     return names
 
 
-def _check_hf_tensors(reader: SafetensorsReader, bundle: ModelBundle,
+def _check_hf_tensors(reader: HFWeights, bundle: ModelBundle,
                       model: ModelConfig, rules: list[TensorRule]) -> None:
     """Every mapped tensor present with the right shape and dtype; nothing left unmapped."""
     expected = _expected_names(rules, model)
@@ -92,7 +115,7 @@ def _template_of(name: str, rule: TensorRule) -> str:
     raise CheckpointError(f"no shape rule for {name!r}")
 
 
-def _hf_chunks(reader: SafetensorsReader, bundle: ModelBundle, model: ModelConfig,
+def _hf_chunks(reader: HFWeights, bundle: ModelBundle, model: ModelConfig,
                rules: list[TensorRule]) -> list[ChunkSpec]:
     """One ChunkSpec per (rule, layer); data is read and transformed only when written."""
     shape = bundle.attention_shape(model)
@@ -136,13 +159,15 @@ def _atomic_output(out: Path) -> Path:
 
 
 def hf_to_mcore(hf_dir: str | Path, out: str | Path, threads: int = 2) -> Path:
-    """Convert an HF checkpoint directory into a Megatron-Core ``torch_dist`` checkpoint."""
+    """Convert an HF checkpoint directory (safetensors, or ``pytorch_model*.bin`` read with
+    ``torch.load(weights_only=True)``) into a Megatron-Core ``torch_dist`` checkpoint."""
     hf_dir, out = Path(hf_dir), Path(out)
     hf, bundle, model = load_hf_architecture(hf_dir)
+    check_reward_tokenizer(hf_dir, model)
     rules = bundle.tensor_rules(model)
     tmp = _atomic_output(out)
     try:
-        reader = SafetensorsReader(hf_dir)
+        reader = open_hf_weights(hf_dir)
         _check_hf_tensors(reader, bundle, model, rules)
         chunks = _hf_chunks(reader, bundle, model, rules)
         write_torch_dist(chunks, tmp, common={"step": 0, "format": FORMAT}, threads=threads)

@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     to_mcore = sub.add_parser("hf-to-mcore", help="HF directory → torch_dist (loads at any "
                                                   "TP/PP/EP)")
     to_mcore.add_argument("--hf", required=True, help="HF model directory (config.json + "
-                                                      "safetensors)")
+                                                      "safetensors or pytorch_model*.bin)")
     to_mcore.add_argument("--out", required=True, help="output directory (must not exist)")
     to_mcore.add_argument("--threads", type=int, default=2, help="writer threads")
     to_hf = sub.add_parser("mcore-to-hf", help="torch_dist → HF directory (sharded "

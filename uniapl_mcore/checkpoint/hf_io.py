@@ -7,24 +7,34 @@ resident memory stays at the tensors in flight, not the checkpoint size. Writing
 shard's header from (name, shape, dtype) first and creates the files at their final size, so
 tensors can be written at their offsets in any order, from several threads.
 
-Only ``config.json`` (JSON) and ``*.safetensors`` are read — never pickles, never code.
+Published checkpoints that ship ``pytorch_model*.bin`` shards (``torch.save`` files) are read
+by :class:`TorchBinReader` through ``torch.load(weights_only=True)`` — PyTorch's restricted
+unpickler, which builds tensors and plain containers only and refuses any other object — and
+each file must hold a flat ``{name: tensor}`` dict. Nothing else is unpickled, no code runs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import shutil
 import struct
 import threading
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
 #: Files copied verbatim alongside the weights (tokenizer, chat template, generation config).
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
               "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
@@ -100,10 +110,7 @@ class SafetensorsReader:
         self.entries: dict[str, _Entry] = {}
         index = self.directory / INDEX
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise CheckpointError(f"{index}: malformed index ({err})") from None
+            weight_map = read_weight_map(index)
             for file_name in sorted(set(weight_map.values())):
                 path = self.directory / file_name
                 if not path.is_file():
@@ -149,6 +156,137 @@ class SafetensorsReader:
         if got != entry.end - entry.start:
             raise CheckpointError(f"{entry.path}: truncated while reading {name!r}")
         return out
+
+
+def read_weight_map(index: Path) -> dict[str, str]:
+    """The ``weight_map`` (tensor name → shard file name) of a shard index file."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{index}: malformed index ({type(err).__name__}: {err})") \
+            from None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise CheckpointError(f"{index}: weight_map must map tensor names to file names")
+    for file_name in set(weight_map.values()):
+        if Path(file_name).name != file_name:  # a shard outside the directory
+            raise CheckpointError(f"{index}: shard name {file_name!r} is not a plain file name")
+    return weight_map
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _refusal(err: BaseException) -> str:
+    """The line of a ``weights_only`` refusal that says what was refused (torch's message
+    opens with generic advice to retry unsafely, which must not be passed on)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "WeightsUnpickler" in line]
+    return (named or lines or [type(err).__name__])[0]
+
+
+def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
+    """A ``torch.save`` file holding a flat ``{name: tensor}`` dict, loaded with
+    ``torch.load(weights_only=True)`` (memory-mapped when the file is in the zip format, so
+    only the bytes read later are paged in). Anything else fails naming the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing")
+    zipped = zipfile.is_zipfile(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: not a plain tensor file (torch.load(weights_only=True) "
+                              f"refused it: {_refusal(err)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable torch.save file ({_first_line(err)})") \
+            from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
+    for name, value in data.items():
+        if not isinstance(name, str) or type(value) not in (torch.Tensor, torch.nn.Parameter):
+            raise CheckpointError(f"{path}: entry {name!r} is a {type(value).__name__}, not a "
+                                  "tensor (expected a flat dict of tensors)")
+    if not zipped:
+        logger.info("%s is in the legacy torch.save format: loaded whole into memory", path)
+    return data
+
+
+class TorchBinReader:
+    """Name → tensor access over ``pytorch_model.bin`` or ``pytorch_model-*.bin`` shards
+    listed in ``pytorch_model.bin.index.json`` — the same interface as
+    :class:`SafetensorsReader`. Every shard goes through :func:`load_tensor_file`."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.files: dict[str, Path] = {}
+        index = self.directory / BIN_INDEX
+        if index.is_file():
+            weight_map = read_weight_map(index)
+            for file_name in sorted(set(weight_map.values())):
+                path = self.directory / file_name
+                if not path.is_file():
+                    raise CheckpointError(f"{path}: shard listed in {BIN_INDEX} is missing")
+                self._add(path)
+            for name, file_name in weight_map.items():
+                if self.files.get(name) != self.directory / file_name:
+                    raise CheckpointError(f"{self.directory / file_name}: tensor {name!r} "
+                                          f"listed in {BIN_INDEX} is not in the file")
+        elif (self.directory / BIN_SINGLE).is_file():
+            self._add(self.directory / BIN_SINGLE)
+        else:
+            raise CheckpointError(f"{self.directory}: no {BIN_INDEX} or {BIN_SINGLE}")
+
+    def _add(self, path: Path) -> None:
+        for name, tensor in load_tensor_file(path).items():
+            if name in self.tensors:
+                raise CheckpointError(f"{path}: tensor {name!r} is also in {self.files[name]}")
+            self.tensors[name], self.files[name] = tensor, path
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        if name not in self.tensors:
+            raise CheckpointError(f"{self.directory}: tensor {name!r} is missing")
+        return self.tensors[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensor(name).shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._tensor(name).dtype
+
+    def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor ``name`` copied into its own buffer, or into ``out`` (same shape and
+        dtype)."""
+        tensor = self._tensor(name)
+        if out is None:
+            return tensor.detach().clone(memory_format=torch.contiguous_format)
+        if out.shape != tensor.shape or out.dtype != tensor.dtype:
+            raise CheckpointError(f"{self.files[name]}: tensor {name!r} is "
+                                  f"{tuple(tensor.shape)} {tensor.dtype}, expected "
+                                  f"{tuple(out.shape)} {out.dtype}")
+        return out.copy_(tensor.detach())
+
+
+#: Either weights reader (same interface).
+HFWeights = SafetensorsReader | TorchBinReader
+
+
+def open_hf_weights(directory: str | Path) -> HFWeights:
+    """The weights of an HF model directory: safetensors when it has them (as
+    ``from_pretrained`` prefers), else ``pytorch_model*.bin`` (loaded without unpickling
+    anything but tensors)."""
+    directory = Path(directory)
+    if (directory / INDEX).is_file() or (directory / SINGLE).is_file():
+        return SafetensorsReader(directory)
+    if (directory / BIN_INDEX).is_file() or (directory / BIN_SINGLE).is_file():
+        return TorchBinReader(directory)
+    raise CheckpointError(f"{directory}: no weights ({INDEX}, {SINGLE}, {BIN_INDEX} or "
+                          f"{BIN_SINGLE})")
 
 
 @dataclass(frozen=True)

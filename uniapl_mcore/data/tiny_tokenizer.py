@@ -110,7 +110,19 @@ def build_tiny_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: 
 
 
 def load_tokenizer(path: str | Path):
-    """Load a saved tokenizer from a local directory (never from the network)."""
+    """Load a saved tokenizer from a local directory (never from the network, never code
+    from the directory).
+
+    A directory whose ``tokenizer_config.json`` names the InternLM2 tokenizer (POLAR) gets
+    :class:`~uniapl_mcore.data.internlm2_tokenizer.InternLM2Tokenizer`, this project's
+    reproduction of that remote code; any other remote-code tokenizer is refused with
+    transformers' one-line error instead of an interactive prompt.
+    """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    from uniapl_mcore.data.internlm2_tokenizer import InternLM2Tokenizer, uses_internlm2_tokenizer
+
+    if uses_internlm2_tokenizer(path):
+        return InternLM2Tokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True,
+                                         trust_remote_code=False)

@@ -64,6 +64,17 @@ def resolve_tokenizer_dir(cfg: DiscriminatorConfig, tokenizer_dir: str | Path) -
     return Path(tokenizer_dir)
 
 
+def _refuse_hf_directory(checkpoint: str) -> None:
+    """A Hugging Face model directory (a POLAR model as published) names the command that
+    converts it instead of failing on missing torch_dist metadata."""
+    path = Path(checkpoint)
+    if (path / "config.json").is_file() and not (path / "metadata.json").is_file():
+        raise ConfigError("discriminator.checkpoint",
+                          f"{path} is a Hugging Face model directory; convert it once with "
+                          f"`python tools/convert_checkpoint.py hf-to-mcore --hf {path} --out "
+                          "DIR` and set discriminator.checkpoint=DIR")
+
+
 def _first_line(err: BaseException) -> str:
     """The innermost error's last line (Ray wraps actor errors in long tracebacks)."""
     cause = getattr(err, "cause", None) or err
@@ -107,6 +118,8 @@ class DiscriminatorClient:
         check(cfg.enabled, "discriminator.role", "is 'none': there is no discriminator to start")
         check(max_steps >= 0, "max_steps", f"must be >= 0, got {max_steps}")
         check(num_threads >= 1, "num_threads", f"must be >= 1, got {num_threads}")
+        if cfg.checkpoint is not None:
+            _refuse_hf_directory(cfg.checkpoint)
         if not ray.is_initialized():
             raise DiscriminatorError("ray is not initialised (call ray.init first)")
         if cfg.checkpoint is not None:

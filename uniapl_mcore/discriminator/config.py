@@ -39,7 +39,8 @@ class DiscriminatorConfig:
         parallel: the discriminator's own TP / PP layout (its own processes).
         optimizer: the trainable discriminator's optimizer.
         tokenizer: tokenizer directory (None: the checkpoint's ``hf/`` tokenizer when it
-            has one, else the policy's tokenizer).
+            has one, else the policy's tokenizer). A POLAR / InternLM2 tokenizer directory
+            loads without its remote code (``uniapl_mcore.data.internlm2_tokenizer``).
         max_tokens, max_response_tokens: POLAR's input budget (tokens); ``max_tokens`` must
             not exceed the model's ``max_position_embeddings`` (checked at start).
         strip_think: drop everything up to the last ``</think>`` before scoring.

@@ -127,7 +127,8 @@ class PolarTemplate:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> PolarTemplate:
-        """Load the tokenizer from a local directory (never from the network)."""
+        """Load the tokenizer from a local directory (never from the network, never code
+        from the directory: a POLAR directory gets the InternLM2 tokenizer reproduction)."""
         from uniapl_mcore.data.tiny_tokenizer import load_tokenizer
 
         if not Path(path).is_dir():

@@ -75,10 +75,10 @@ def compare_scores(ours: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 
 def reference_scores_from(hf_dir: str, model, tokens: torch.Tensor) -> torch.Tensor:
     """Scores from the plain-PyTorch InternLM2 reward reference (see models.internlm2)."""
-    from uniapl_mcore.checkpoint.hf_io import SafetensorsReader
+    from uniapl_mcore.checkpoint.hf_io import open_hf_weights
     from uniapl_mcore.models.internlm2 import reference_scores
 
-    reader = SafetensorsReader(hf_dir)
+    reader = open_hf_weights(hf_dir)
     weights = {name: reader.get(name) for name in reader.names()}
     return reference_scores(weights, model, tokens)
 
