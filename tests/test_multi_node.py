@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -130,6 +131,45 @@ def test_two_nodes_on_loopback_train_tp2_with_engines_on_both(tmp_path):
     # the second node joined the head on loopback, and both got the same token
     assert "refused" not in out[1]
     print(f"two-node run: {elapsed:.0f} s")
+    shutil.rmtree(temp, ignore_errors=True)  # kept on failure: Ray's logs
+
+
+@pytest.mark.slow
+def test_a_node_with_another_token_is_refused_in_one_line(tmp_path):
+    """The failure this script had with Ray's token authentication, now named: node 1's
+    token differs from the head's, so it stops with one line; node 0 stops waiting for it."""
+    temp = Path(tempfile.mkdtemp(prefix="uray", dir="/tmp"))
+    common = dict(NNODES="2", MASTER_ADDR="127.0.0.1", NPROC_PER_NODE="1",
+                  MASTER_PORT=str(free_port()), RAY_PORT=str(free_port()), RAY_NUM_CPUS="1",
+                  RAY_NUM_GPUS="0", RAY_WAIT_S="30", RAY_JOIN_S="60", HOME=str(tmp_path))
+    nodes = {rank: temp / f"node{rank}" for rank in (0, 1)}
+    procs = []
+    try:
+        for rank, ray_dir in nodes.items():
+            (tmp_path / f"t{rank}").mkdir()
+            token = _token_file(tmp_path / f"t{rank}")  # a different token on each node
+            env = _clean_env(**common, NODE_RANK=str(rank), RAY_TMPDIR=str(ray_dir),
+                             RAY_AUTH_TOKEN_PATH=str(token),
+                             RAY_START_ARGS="--include-dashboard false" if rank == 0 else "")
+            procs.append(subprocess.Popen(["bash", str(SCRIPT), str(TINY_CONFIG), *RUN], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True, cwd=ROOT, start_new_session=True))
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, 15)
+                p.wait(timeout=60)
+        leftover = {r: [p.pid for p in ray_cluster.processes_under(d)] for r, d in nodes.items()}
+        for ray_dir in nodes.values():
+            ray_cluster.stop_processes_under(ray_dir)
+    assert [p.returncode for p in procs] == [2, 2], outs
+    assert ("launch_multi_node.sh: the Ray head at 127.0.0.1:" in outs[1]
+            and "refused this node's token: RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH must give the "
+                "same token on every node" in outs[1]), outs[1][-3000:]
+    assert "launch_multi_node.sh: not every Ray node joined 127.0.0.1:" in outs[0], outs[0][-3000:]
+    assert leftover == {0: [], 1: []}, f"Ray processes left running: {leftover}"
+    shutil.rmtree(temp, ignore_errors=True)  # kept on failure: Ray's logs
 
 
 # ---------------------------------------------------------------- ray_cluster helpers
