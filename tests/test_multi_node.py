@@ -95,14 +95,16 @@ def test_two_nodes_on_loopback_train_tp2_with_engines_on_both(tmp_path):
     try:
         for rank, ray_dir in nodes.items():
             env = _clean_env(**common, NODE_RANK=str(rank), RAY_TMPDIR=str(ray_dir))
-            if rank == 0:
-                env["RAY_START_ARGS"] = "--include-dashboard false"
+            if rank == 0:  # a free client-server port: its default, 10001, may be taken
+                env["RAY_START_ARGS"] = \
+                    f"--include-dashboard false --ray-client-server-port {free_port()}"
             log = open(tmp_path / f"node{rank}.log", "w")  # noqa: SIM115 - closed below
             logs.append(log)
             procs.append(subprocess.Popen(
                 ["bash", str(SCRIPT), str(TINY_CONFIG), "--run-dir", str(run_dir), *RUN],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True))
-        codes = [p.wait(timeout=480) for p in procs]
+        ray_listen, other_listen = _listening_until_exit(procs, list(nodes.values()), 480)
+        codes = [p.wait(timeout=5) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -118,6 +120,13 @@ def test_two_nodes_on_loopback_train_tp2_with_engines_on_both(tmp_path):
     assert codes == [0, 0], f"exit codes {codes}\n" + "\n".join(
         f"--- node {r} ---\n{text[-4000:]}" for r, text in out.items())
     assert leftover == {0: [], 1: []}, f"Ray processes left running: {leftover}"
+    # every Ray server of both nodes listened on loopback only (none on the external address)
+    assert ray_listen and all(_loopback_ip(ip) for ip, _ in ray_listen), sorted(ray_listen)
+    # torchrun's and the process group's TCPStore listen on the wildcard address (torch has
+    # no bind address for them); nothing is bound to the machine's external address
+    assert all(_loopback_ip(ip) or ip in ("::", "0.0.0.0") for ip, _ in other_listen), \
+        sorted(other_listen)
+    print(f"Ray listened on {sorted(ray_listen)}; torchrun / trainers on {sorted(other_listen)}")
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
@@ -150,7 +159,8 @@ def test_a_node_with_another_token_is_refused_in_one_line(tmp_path):
             token = _token_file(tmp_path / f"t{rank}")  # a different token on each node
             env = _clean_env(**common, NODE_RANK=str(rank), RAY_TMPDIR=str(ray_dir),
                              RAY_AUTH_TOKEN_PATH=str(token),
-                             RAY_START_ARGS="--include-dashboard false" if rank == 0 else "")
+                             RAY_START_ARGS=f"--include-dashboard false --ray-client-server-port "
+                                            f"{free_port()}" if rank == 0 else "")
             procs.append(subprocess.Popen(["bash", str(SCRIPT), str(TINY_CONFIG), *RUN], env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                           text=True, cwd=ROOT, start_new_session=True))
@@ -170,6 +180,41 @@ def test_a_node_with_another_token_is_refused_in_one_line(tmp_path):
     assert "launch_multi_node.sh: not every Ray node joined 127.0.0.1:" in outs[0], outs[0][-3000:]
     assert leftover == {0: [], 1: []}, f"Ray processes left running: {leftover}"
     shutil.rmtree(temp, ignore_errors=True)  # kept on failure: Ray's logs
+
+
+def _loopback_ip(ip: str) -> bool:
+    return ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1") or \
+        ip.startswith("::ffff:127.")
+
+
+def _listening_until_exit(procs: list[subprocess.Popen], ray_dirs: list[Path], timeout_s: float
+                          ) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+    """Wait for ``procs``; meanwhile sample the TCP sockets that listen: (those of the Ray
+    processes of ``ray_dirs``, those of the scripts' other descendants)."""
+    import psutil
+
+    ray_listen: set[tuple[str, int]] = set()
+    other_listen: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + timeout_s
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        ray_pids = {q.pid for d in ray_dirs for q in ray_cluster.processes_under(d)}
+        tree = []
+        for p in procs:
+            try:
+                tree += psutil.Process(p.pid).children(recursive=True)
+            except psutil.Error:
+                continue
+        for proc in [*(psutil.Process(pid) for pid in ray_pids if psutil.pid_exists(pid)),
+                     *tree]:
+            try:
+                conns = proc.net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            target = ray_listen if proc.pid in ray_pids else other_listen
+            target.update((c.laddr.ip, c.laddr.port) for c in conns
+                          if c.status == psutil.CONN_LISTEN)
+        time.sleep(1.0)
+    return ray_listen, other_listen
 
 
 # ---------------------------------------------------------------- ray_cluster helpers
