@@ -132,6 +132,9 @@ case "$RAY_AUTH_MODE" in
     *) die "RAY_AUTH_MODE must be 'token' or 'disabled', got '$RAY_AUTH_MODE'" ;;
 esac
 
+"$PYTHON" -c "import uniapl_mcore.runtime.ray_cluster, ray" 2>/dev/null || \
+    die "PYTHON=$PYTHON cannot import uniapl_mcore and ray (install the package or set PYTHONPATH)"
+
 # ---- Ray: head on node 0, the others join it; this node's Ray is stopped on exit
 if [[ -z "${RAY_TMPDIR:-}" ]]; then
     RAY_TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/uniapl-ray.XXXXXX")"

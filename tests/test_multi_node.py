@@ -66,6 +66,8 @@ def _script(env: dict[str, str], *args: str, timeout_s: float = 60) -> subproces
      "launch_multi_node.sh: NODE_IP=127.0.0.1 is loopback but MASTER_ADDR=10.0.0.1 is not"),
     ({"NODE_RANK": "2"}, "launch_multi_node.sh: NODE_RANK must be <= 1, got 2"),
     ({"RAY_PORT": "x"}, "launch_multi_node.sh: RAY_PORT must be an integer, got 'x'"),
+    ({"RAY_AUTH_MODE": "disabled", "PYTHON": "/bin/false"},
+     "launch_multi_node.sh: PYTHON=/bin/false cannot import uniapl_mcore and ray"),
 ])
 def test_script_refuses_bad_settings_in_one_line(tmp_path, extra, message):
     env = _clean_env(HOME=str(tmp_path), NNODES="2", NODE_RANK="0", MASTER_ADDR="127.0.0.1",
