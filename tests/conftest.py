@@ -21,9 +21,10 @@ def _no_leaked_cpu_layer():
 def ray_cluster():
     """The GCS address of a 2-CPU local Ray cluster on loopback."""
     ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        from uniapl_mcore.rollout.ray_local import init_local_ray
+    from uniapl_mcore.runtime.ray_cluster import init_ray
 
-        init_local_ray(num_cpus=2)  # on loopback, retried if the node is slow to start
+    if not ray.is_initialized():  # start-up timeouts under load are retried
+        init_ray(None, num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")  # keep test traffic on loopback
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

@@ -65,17 +65,19 @@ def policy_bundle(model: ModelConfig):
 
 
 def ensure_ray(address: str | None) -> None:
-    """Join the Ray cluster at ``address`` ("auto": the local node's), or start a local one."""
+    """Join the Ray cluster at ``address`` ("auto": the local node's), or start a local one
+    on loopback; start-up timeouts are retried (``runtime.ray_cluster.init_ray``)."""
     import ray
+
+    from uniapl_mcore.runtime.ray_cluster import init_ray
 
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        init_ray(address, log_to_driver=False)
     else:
-        from uniapl_mcore.rollout.ray_local import init_local_ray
-
-        init_local_ray(num_cpus=max(2, os.cpu_count() or 2))
+        init_ray(None, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1", num_cpus=max(2, os.cpu_count() or 2))
 
 
 class RolloutService:
