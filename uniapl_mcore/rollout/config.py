@@ -42,19 +42,59 @@ class SamplingConfig:
 
 @dataclass
 class VllmConfig:
-    """Options passed to ``vllm.LLM`` (see :mod:`uniapl_mcore.rollout.vllm_engine`)."""
+    """Options of the vLLM engines (see :mod:`uniapl_mcore.rollout.vllm_engine`).
 
-    gpu_memory_utilization: float = 0.85
-    enable_sleep_mode: bool = True
-    enforce_eager: bool = False
+    ``None`` means "the platform's choice", resolved by the engine where it starts:
+
+    - ``gpu_memory_utilization``: GPU share for weights + KV cache (GPU default 0.85). On CPU
+      vLLM reads it as a share of *host RAM*, so it is refused there: size the cache with
+      ``kv_cache_bytes``.
+    - ``kv_cache_bytes``: KV cache size in bytes (CPU default 256 MiB; on GPU, when set, it
+      replaces ``gpu_memory_utilization``'s sizing).
+    - ``enable_sleep_mode``: where vLLM supports it (GPU); refused on CPU when true.
+    - ``enforce_eager``: CUDA graphs / compilation off (CPU default true, GPU default false).
+    - ``multiprocessing``: vLLM's engine core in its own process (vLLM's default) or in the
+      engine's (``VLLM_ENABLE_V1_MULTIPROCESSING``; in-process starts faster).
+    - ``weight_transport``: how a bucket goes from the engine to vLLM's workers: ``inline``
+      (tensors, in-process engine with one worker only), ``shm`` (a ``/dev/shm`` file),
+      ``cuda_ipc`` (GPU); ``auto``: inline where possible, else shm.
+    - ``cpu_threads_bind``: ``VLLM_CPU_OMP_THREADS_BIND`` on CPU (``nobind``: leave the
+      threads to the OS; ``auto``: vLLM pins them and reserves a core); CPU only.
+    """
+
+    gpu_memory_utilization: float | None = None
+    kv_cache_bytes: int | None = None
+    enable_sleep_mode: bool | None = None
+    enforce_eager: bool | None = None
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    multiprocessing: bool = True
+    weight_transport: Literal["auto", "inline", "shm", "cuda_ipc"] = "auto"
+    cpu_threads_bind: str = "nobind"
 
     def __post_init__(self) -> None:
-        check(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization",
-              f"must be in (0, 1], got {self.gpu_memory_utilization}")
+        check(self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
+              "vllm.gpu_memory_utilization",
+              f"must be in (0, 1] or null, got {self.gpu_memory_utilization}")
+        check(self.kv_cache_bytes is None or self.kv_cache_bytes >= 1024**2,
+              "vllm.kv_cache_bytes", f"must be >= 1 MiB or null, got {self.kv_cache_bytes}")
         check(self.max_model_len is None or self.max_model_len > 0, "vllm.max_model_len",
               f"must be > 0, got {self.max_model_len}")
+        check(self.weight_transport in ("auto", "inline", "shm", "cuda_ipc"),
+              "vllm.weight_transport", "must be 'auto', 'inline', 'shm' or 'cuda_ipc', "
+              f"got {self.weight_transport!r}")
+        check(bool(self.cpu_threads_bind), "vllm.cpu_threads_bind",
+              "must be 'nobind', 'auto' or CPU id lists")
+
+    @property
+    def gpu_share(self) -> float:
+        """``gpu_memory_utilization`` as a GPU engine uses it (its default resolved)."""
+        return 0.85 if self.gpu_memory_utilization is None else self.gpu_memory_utilization
+
+    @property
+    def gpu_sleep(self) -> bool:
+        """Whether a GPU engine runs with sleep mode (its default resolved: yes)."""
+        return self.enable_sleep_mode is not False
 
 
 @dataclass
