@@ -192,17 +192,20 @@ class RolloutConfig:
               "weight_sync.transport", "the torch engine receives weights via 'object_store'")
 
     def placement_spec(self, *, gpu_fraction: float = 0.5, timeout_s: float = 60.0,
-                       colocate_with=None, bundle_indices: tuple[int, ...] | None = None):
+                       colocate_with=None, bundle_indices: tuple[int, ...] | None = None,
+                       gpus: bool | None = None):
         """The engines' :class:`~uniapl_mcore.rollout.placement.PlacementSpec`: one bundle per
         TP rank, ``cpus_per_engine`` split over them, whole GPUs when disaggregated and
         ``gpu_fraction`` of each when colocated (or bundles of the trainer's group
-        ``colocate_with``)."""
+        ``colocate_with``). ``gpus``: whether the engines take GPUs (default: vLLM does;
+        False for vLLM on CPU)."""
         from uniapl_mcore.rollout.placement import PlacementSpec
 
         tp = self.engine_tensor_parallel_size
         return PlacementSpec(self.placement, tensor_parallel_size=tp,
                              cpus_per_bundle=self.cpus_per_engine / tp,
-                             gpus=self.gpus_per_engine > 0, gpu_fraction=gpu_fraction,
+                             gpus=self.gpus_per_engine > 0 if gpus is None else gpus,
+                             gpu_fraction=gpu_fraction,
                              timeout_s=timeout_s, colocate_with=colocate_with,
                              bundle_indices=bundle_indices)
 
