@@ -102,7 +102,9 @@ class WeightSyncConfig:
     """How trainer weights reach the engines.
 
     ``transport``: ``object_store`` (packed buckets through Ray's shared memory; CPU and
-    colocated) or ``nccl`` (broadcast into an engine process group; disaggregated GPUs).
+    colocated). ``nccl`` (broadcast into an engine process group; disaggregated GPUs) is
+    refused for now: the vLLM engine and its worker extension can join a trainer's NCCL
+    group and receive broadcasts, but the pool and the trainer do not drive that path yet.
     ``bucket_bytes``: size bound of one HF-named bucket. ``check_logprobs_every_steps``: how
     often the mismatch monitor compares engine and trainer log-probs (0: never).
     """
@@ -115,6 +117,8 @@ class WeightSyncConfig:
     def __post_init__(self) -> None:
         check(self.transport in ("object_store", "nccl"), "weight_sync.transport",
               f"must be 'object_store' or 'nccl', got {self.transport!r}")
+        check(self.transport != "nccl", "weight_sync.transport",
+              "'nccl' is not wired into the engine pool yet; use 'object_store'")
         check(self.bucket_bytes >= 1024**2, "weight_sync.bucket_bytes",
               f"must be >= 1 MiB, got {self.bucket_bytes}")
         check(self.check_logprobs_every_steps >= 0, "weight_sync.check_logprobs_every_steps",
