@@ -121,3 +121,41 @@ def test_sampled_logprobs_equal_hf_teacher_forced(ray_cluster, tmp_path, family,
         ref = model.generate(torch.tensor([greedy.prompt_ids]), do_sample=False,
                              max_new_tokens=8, min_new_tokens=8, pad_token_id=0)
     assert list(results[4].samples[0].token_ids) == ref[0, 4:].tolist()
+
+
+def test_engine_core_processes_die_with_a_killed_engine(tmp_path):
+    """vLLM's engine-core processes would outlive a SIGKILLed engine actor; the reaper
+    started next to them kills them (here: a stand-in child process)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    script = ("import subprocess, time, psutil\n"
+              "from uniapl_mcore.rollout.vllm_engine import reap_with_parent\n"
+              "child = subprocess.Popen(['sleep', '300'])\n"
+              "reap_with_parent([psutil.Process(child.pid)])\n"
+              "print(child.pid, flush=True)\n"
+              "time.sleep(300)\n")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    child = int(proc.stdout.readline())
+    assert psutil.Process(child).status() != psutil.STATUS_ZOMBIE
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(child).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    else:
+        psutil.Process(child).kill()
+        pytest.fail("the child outlived its killed parent")

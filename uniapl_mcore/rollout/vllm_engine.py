@@ -112,6 +112,44 @@ def llm_options(options: VllmConfig, on_cpu: bool) -> dict[str, Any]:
     return out
 
 
+#: run by :func:`reap_with_parent`: waits for EOF on stdin (its parent is gone, however it
+#: died), then SIGKILLs the processes named as ``pid:create_time`` that still exist
+_REAPER = """
+import signal, sys
+import psutil
+sys.stdin.buffer.read()
+for item in sys.argv[1:]:
+    pid, created = item.split(":")
+    try:
+        proc = psutil.Process(int(pid))
+        if abs(proc.create_time() - float(created)) < 1e-3:
+            proc.send_signal(signal.SIGKILL)
+    except psutil.Error:
+        pass
+"""
+
+
+def reap_with_parent(children: list[Any]) -> Any:
+    """Kill ``children`` (psutil processes) when this process ends, also by SIGKILL (a Ray
+    actor killed to restart it): vLLM's engine-core processes would outlive it otherwise.
+    Returns the reaper's ``Popen`` (None without children)."""
+    import subprocess
+    import sys
+
+    if not children:
+        return None
+    args = [f"{c.pid}:{c.create_time()!r}" for c in children]
+    return subprocess.Popen([sys.executable, "-c", _REAPER, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _children() -> dict[int, Any]:
+    import psutil
+
+    return {c.pid: c for c in psutil.Process().children(recursive=True)}
+
+
 def _has_tokenizer(model_dir: str | Path) -> bool:
     return any((Path(model_dir) / f).is_file() for f in ("tokenizer.json",
                                                          "tokenizer_config.json"))
@@ -153,6 +191,7 @@ class VllmEngine:
         self._vllm = vllm_module
         start = time.perf_counter()
         set_threads = torch.set_num_threads  # vLLM's CPU worker replaces it in its process
+        before = _children()
         try:
             self.llm = vllm_module.LLM(
                 model=str(model_dir), tensor_parallel_size=tensor_parallel_size, dtype=dtype,
@@ -163,6 +202,8 @@ class VllmEngine:
                 worker_extension_cls=WORKER_EXTENSION, trust_remote_code=False, **kwargs)
         finally:
             torch.set_num_threads = set_threads
+            self._reaper = reap_with_parent([c for pid, c in _children().items()
+                                             if pid not in before])
         logger.info("vLLM engine up in %.1f s (%s, transport %s)", time.perf_counter() - start,
                     "CPU" if self.on_cpu else "GPU", self.transport)
         self.guard = VersionGuard(CHECKPOINT_VERSION if load_checkpoint else NO_WEIGHTS)
@@ -315,6 +356,9 @@ class VllmEngine:
         core = getattr(engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
+        if self._reaper is not None:  # EOF: it kills what shutdown left, then exits
+            self._reaper.stdin.close()
+            self._reaper = None
 
 
 def _sample(completion) -> Sample:
