@@ -73,6 +73,8 @@ def test_inline_transport_needs_an_in_process_engine():
     assert VllmEngine._pick_transport(VllmConfig(multiprocessing=False), 1) == "inline"
     assert VllmEngine._pick_transport(VllmConfig(multiprocessing=False), 2) == "shm"
     assert VllmEngine._pick_transport(VllmConfig(), 1) == "shm"
+    with pytest.raises(ValueError, match="cuda_ipc shares one buffer"):
+        VllmEngine._pick_transport(VllmConfig(weight_transport="cuda_ipc"), 2)
 
 
 def _teacher_forced(model, prompt, tokens) -> torch.Tensor:

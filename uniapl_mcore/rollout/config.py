@@ -57,7 +57,8 @@ class VllmConfig:
       engine's (``VLLM_ENABLE_V1_MULTIPROCESSING``; in-process starts faster).
     - ``weight_transport``: how a bucket goes from the engine to vLLM's workers: ``inline``
       (tensors, in-process engine with one worker only), ``shm`` (a ``/dev/shm`` file),
-      ``cuda_ipc`` (GPU); ``auto``: inline where possible, else shm.
+      ``cuda_ipc`` (one buffer on the engine's GPU; GPU engines of tensor parallel size 1);
+      ``auto``: inline where possible, else shm.
     - ``cpu_threads_bind``: ``VLLM_CPU_OMP_THREADS_BIND`` on CPU (``nobind``: leave the
       threads to the OS; ``auto``: vLLM pins them and reserves a core); CPU only.
     """

@@ -217,6 +217,9 @@ class VllmEngine:
         if options.weight_transport == "inline" and not in_process:
             raise ValueError("rollout.vllm.weight_transport: inline needs "
                              "multiprocessing: false and one worker (tensor parallel size 1)")
+        if options.weight_transport == "cuda_ipc" and tensor_parallel_size > 1:
+            raise ValueError("rollout.vllm.weight_transport: cuda_ipc shares one buffer on the "
+                             "engine's GPU; with tensor parallel size > 1 use shm")
         if options.weight_transport == "auto":
             return "inline" if in_process else "shm"
         return options.weight_transport
