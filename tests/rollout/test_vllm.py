@@ -53,16 +53,26 @@ def test_vllm_config_errors_name_the_field():
 
 
 def test_unsupported_head_dim_fails_in_one_line(tiny_hf):
+    """Run in a child process: importing vLLM sets process-wide state."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
     pytest.importorskip("vllm")
-    from vllm.platforms import current_platform
-
-    from uniapl_mcore.rollout.vllm_engine import VllmEngine
-
-    if not current_platform.is_cpu():
+    script = ("from vllm.platforms import current_platform\n"
+              "from uniapl_mcore.rollout.vllm_engine import VllmEngine\n"
+              "if not current_platform.is_cpu():\n"
+              "    raise SystemExit(3)\n"
+              f"VllmEngine({str(tiny_hf)!r}, dtype='float32')\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300)
+    if done.returncode == 3:
         pytest.skip("the head-size list is the CPU backend's")
-    with pytest.raises(ValueError, match=r"config.json: head_dim 24 is not supported by vLLM on "
-                                         r"CPU \(supported: 32, 64, "):
-        VllmEngine(tiny_hf, dtype="float32", vllm=OPTIONS["vllm"])
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"ValueError: {tiny_hf}/config.json: head_dim 24 is not supported by vLLM "
+                    "on CPU (supported: 32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)")
 
 
 def test_inline_transport_needs_an_in_process_engine():

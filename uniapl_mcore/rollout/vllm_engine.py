@@ -46,11 +46,11 @@ CPU_KV_CACHE_BYTES = 256 * 1024**2
 
 
 def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether vLLM is installed (found without importing it: the import is slow and sets
+    process-wide state)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
 
 
 def to_vllm_sampling(params: SamplingParams, vllm_module: Any):
