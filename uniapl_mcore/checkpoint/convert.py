@@ -56,7 +56,7 @@ def check_reward_tokenizer(hf_dir: Path, model: ModelConfig) -> None:
     if not model.value_head or not (hf_dir / "tokenizer_config.json").is_file():
         return
     from uniapl_mcore.data.tiny_tokenizer import load_tokenizer
-    from uniapl_mcore.discriminator.polar_template import REWARD_TOKEN
+    from uniapl_mcore.models.internlm2 import REWARD_TOKEN
 
     try:
         tokenizer = load_tokenizer(hf_dir)

@@ -30,13 +30,10 @@ from typing import Any
 
 from uniapl_mcore.config import ConfigError, ModelConfig
 from uniapl_mcore.data.templating import answer_text
+from uniapl_mcore.models.internlm2 import REWARD_SEPARATOR, REWARD_TOKEN
 
 logger = logging.getLogger(__name__)
 
-#: Separates the reference half from the output half (POLAR-7B id 92397).
-REWARD_SEPARATOR = "<|reward|>"
-#: The last token; the value head is read here (POLAR-7B ``reward_token_id`` 92527).
-REWARD_TOKEN = "[UNUSED_TOKEN_130]"
 POLAR_TOKENS = (REWARD_SEPARATOR, REWARD_TOKEN)
 #: Tokens reserved by the budget: two "\n", the separator and the reward token.
 RESERVED_TOKENS = 4

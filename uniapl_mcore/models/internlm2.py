@@ -18,6 +18,12 @@ from uniapl_mcore.config import ConfigError, ModelConfig
 from uniapl_mcore.models.hf_config import HFConfig
 from uniapl_mcore.models.mapping import AttentionShape, TensorRule
 
+#: POLAR's template tokens: the separator between the reference half and the output half
+#: (POLAR-7B id 92397), and the last token, where the value head is read (``reward_token_id``,
+#: POLAR-7B 92527).
+REWARD_SEPARATOR = "<|reward|>"
+REWARD_TOKEN = "[UNUSED_TOKEN_130]"
+
 _LAYER = "model.layers.{layer}."
 
 
