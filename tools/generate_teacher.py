@@ -41,22 +41,17 @@ logger = logging.getLogger("generate_teacher")
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows with a unique ``id`` and ``messages`` or ``prompt``; errors name file and line."""
+    from uniapl_mcore.data.jsonl import read_jsonl
+
     rows, seen = [], set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SystemExit(f"{path} line {lineno}: not JSON ({err.msg})") from None
-            if "id" not in row or not ("messages" in row or "prompt" in row):
-                raise SystemExit(f"{path} line {lineno}: needs 'id' and 'messages' or 'prompt'")
-            row_id = str(row["id"])
-            if row_id in seen:
-                raise SystemExit(f"{path} line {lineno}: duplicate id {row_id!r}")
-            seen.add(row_id)
-            rows.append(row)
+    for lineno, row in read_jsonl(path, error=SystemExit):
+        if "id" not in row or not ("messages" in row or "prompt" in row):
+            raise SystemExit(f"{path} line {lineno}: needs 'id' and 'messages' or 'prompt'")
+        row_id = str(row["id"])
+        if row_id in seen:
+            raise SystemExit(f"{path} line {lineno}: duplicate id {row_id!r}")
+        seen.add(row_id)
+        rows.append(row)
     return rows
 
 
