@@ -132,11 +132,12 @@ def build_generator(args: argparse.Namespace, rollout):
     import ray
 
     from uniapl_mcore.rollout.pool import EnginePool, default_spec
+    from uniapl_mcore.runtime.ray_cluster import init_ray
 
-    if not ray.is_initialized():
-        ray.init(address=args.ray_address, log_to_driver=False, include_dashboard=False) \
-            if args.ray_address else ray.init(include_dashboard=False, log_to_driver=False,
-                                              _node_ip_address="127.0.0.1")
+    if not ray.is_initialized():  # loopback stays loopback; start-up timeouts are retried
+        init_ray(args.ray_address, log_to_driver=False, include_dashboard=False) \
+            if args.ray_address else init_ray(None, include_dashboard=False,
+                                              log_to_driver=False, _node_ip_address="127.0.0.1")
     options: dict[str, Any] = {"dtype": rollout.dtype}
     per_call = rollout.requests_per_call
     gpus = rollout.gpus_per_engine

@@ -77,9 +77,9 @@ def sync_and_compare(hf: str, mcore: str, ray_address: str, tp: int, num_engines
                                  "versions": []}
         pool = None
         if dist.get_rank() == 0:
-            import ray
+            from uniapl_mcore.runtime.ray_cluster import init_ray
 
-            ray.init(address=ray_address, log_to_driver=False)
+            init_ray(ray_address, log_to_driver=False)
             engine_options = dict(options or {"num_threads": 1})
             pool = EnginePool(default_spec(hf, kind, load_checkpoint=False, **engine_options),
                               num_engines, cpus_per_engine=0, requests_per_call=2)

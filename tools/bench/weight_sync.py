@@ -59,9 +59,9 @@ def body(hf: str, mcore: str, ray_address: str, repeats: int, bucket_bytes: int)
         exporter = LiveExporter([gpt], model, bundle, dst=0)
         pool = None
         if dist.get_rank() == 0:
-            import ray
+            from uniapl_mcore.runtime.ray_cluster import init_ray
 
-            ray.init(address=ray_address, log_to_driver=False)
+            init_ray(ray_address, log_to_driver=False)
             pool = EnginePool(default_spec(hf, load_checkpoint=False, num_threads=1), 2,
                               cpus_per_engine=0, keep_weights_for_restart=False)
         runs = []
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from uniapl_mcore.checkpoint.convert import hf_to_mcore
+    from uniapl_mcore.runtime.ray_cluster import init_ray
     from uniapl_mcore.testing import run_distributed
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.device("cpu"):
             transformers.Qwen3ForCausalLM(config).save_pretrained(hf)
         mcore = hf_to_mcore(hf, Path(tmp) / "mcore")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        init_ray(None, num_cpus=2, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1")  # keep test traffic on loopback
         try:
             runs = run_distributed(body, 2, args=(str(hf), str(mcore),
