@@ -16,6 +16,13 @@ _NOISY_WARNINGS = (
 )
 
 
+def error_line(err: BaseException) -> str:
+    """The first non-empty line of ``err``'s message, stripped (its type's name when it has
+    none): long messages and tracebacks shrink to the one line an error report carries."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def setup_logging(rank: int = 0, verbose: bool = False) -> None:
     """INFO from rank 0 (WARNING from other ranks) to stderr; Megatron's own logs at WARNING.
 

@@ -56,14 +56,14 @@ def check_reward_tokenizer(hf_dir: Path, model: ModelConfig) -> None:
     if not model.value_head or not (hf_dir / "tokenizer_config.json").is_file():
         return
     from uniapl_mcore.data.tiny_tokenizer import load_tokenizer
+    from uniapl_mcore.log import error_line
     from uniapl_mcore.models.internlm2 import REWARD_TOKEN
 
     try:
         tokenizer = load_tokenizer(hf_dir)
     except (OSError, ValueError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         raise CheckpointError(f"{hf_dir}: cannot load its tokenizer: "
-                              f"{lines[0] if lines else type(err).__name__}") from None
+                              f"{error_line(err)}") from None
     ids = list(tokenizer(REWARD_TOKEN, add_special_tokens=False)["input_ids"])
     if ids != [model.reward_token_id]:
         raise CheckpointError(f"{hf_dir / 'config.json'}: reward_token_id is "

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from uniapl_mcore.log import error_line
+
 logger = logging.getLogger(__name__)
 
 INDEX = "model.safetensors.index.json"
@@ -174,11 +176,6 @@ def read_weight_map(index: Path) -> dict[str, str]:
     return weight_map
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
 def _refusal(err: BaseException) -> str:
     """The line of a ``weights_only`` refusal that says what was refused (torch's message
     opens with generic advice to retry unsafely, which must not be passed on)."""
@@ -200,7 +197,7 @@ def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a plain tensor file (torch.load(weights_only=True) "
                               f"refused it: {_refusal(err)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable torch.save file ({_first_line(err)})") \
+        raise CheckpointError(f"{path}: unreadable torch.save file ({error_line(err)})") \
             from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(data).__name__}")

@@ -39,6 +39,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from uniapl_mcore.log import error_line
+
 logger = logging.getLogger(__name__)
 
 #: Exit status of ``start`` when the cluster refused the authentication token.
@@ -65,9 +67,9 @@ def is_transient(err: BaseException) -> bool:
 
 
 def first_line(err: BaseException) -> str:
-    """The first non-empty line of ``err``'s message (Ray's messages carry tracebacks)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+    """``Type: first line`` of ``err`` (Ray's messages carry tracebacks)."""
+    line, name = error_line(err), type(err).__name__
+    return line if line == name else f"{name}: {line}"
 
 
 def is_loopback(host: str) -> bool:
