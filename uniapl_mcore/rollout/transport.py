@@ -28,6 +28,26 @@ class TensorMeta:
     nbytes: int
 
 
+#: a :class:`TensorMeta` as plain data (what crosses into vLLM's worker processes):
+#: (name, dtype name, shape, byte offset, byte count)
+MetaTuple = tuple[str, str, tuple[int, ...], int, int]
+
+
+def meta_tuples(metas: Sequence[TensorMeta]) -> list[MetaTuple]:
+    """``metas`` as plain tuples (:data:`MetaTuple`)."""
+    return [(m.name, m.dtype, tuple(m.shape), m.offset, m.nbytes) for m in metas]
+
+
+def tensor_views(flat: torch.Tensor, metas: Sequence[MetaTuple]
+                 ) -> list[tuple[str, torch.Tensor]]:
+    """Named views (no copy) into ``flat`` (uint8 [total bytes]) laid out as ``metas``."""
+    out = []
+    for name, dtype, shape, offset, nbytes in metas:
+        raw = flat[offset:offset + nbytes]
+        out.append((name, raw.view(getattr(torch, dtype)).reshape(tuple(shape))))
+    return out
+
+
 @dataclass
 class PackedBucket:
     """``buffer``: uint8 [total bytes]; ``metas``: one entry per tensor, in stream order."""
@@ -92,9 +112,4 @@ def unpack_bucket(bucket: PackedBucket) -> list[tuple[str, torch.Tensor]]:
             flat = torch.from_numpy(buffer)
     else:
         flat = torch.from_numpy(buffer)
-    out = []
-    for meta in bucket.metas:
-        dtype = getattr(torch, meta.dtype)
-        raw = flat[meta.offset:meta.offset + meta.nbytes]
-        out.append((meta.name, raw.view(dtype).reshape(meta.shape)))
-    return out
+    return tensor_views(flat, meta_tuples(bucket.metas))

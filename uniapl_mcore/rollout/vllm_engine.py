@@ -29,7 +29,7 @@ import torch
 
 from uniapl_mcore.rollout.config import VllmConfig
 from uniapl_mcore.rollout.engine import CHECKPOINT_VERSION, NO_WEIGHTS, VersionGuard
-from uniapl_mcore.rollout.transport import PackedBucket, pack_bucket
+from uniapl_mcore.rollout.transport import PackedBucket, meta_tuples, pack_bucket
 from uniapl_mcore.rollout.types import (
     GenerationRequest,
     GenerationResult,
@@ -278,7 +278,7 @@ class VllmEngine:
         """Load one packed bucket (the pool's object-store form) without unpacking it here."""
         if self.guard.pending is None:
             raise RuntimeError("load_weights outside begin/finish_weight_update")
-        metas = [(m.name, m.dtype, tuple(m.shape), m.offset, m.nbytes) for m in bucket.metas]
+        metas = meta_tuples(bucket.metas)
         if self.transport == "inline":
             from uniapl_mcore.rollout.transport import unpack_bucket
 

@@ -39,23 +39,12 @@ from typing import Any
 
 import torch
 
+from uniapl_mcore.rollout.transport import MetaTuple, tensor_views
+
 logger = logging.getLogger(__name__)
 
 #: ``worker_extension_cls`` value for ``vllm.LLM``
 WORKER_EXTENSION = "uniapl_mcore.rollout.vllm_worker.UniaplWorkerExtension"
-
-#: one tensor of a packed bucket: (name, dtype name, shape, byte offset, byte count)
-MetaTuple = tuple[str, str, tuple[int, ...], int, int]
-
-
-def views_of(flat: torch.Tensor, metas: list[MetaTuple]) -> list[tuple[str, torch.Tensor]]:
-    """Named views into ``flat`` (uint8 [total bytes]) laid out as ``metas`` say."""
-    out = []
-    for name, dtype, shape, offset, nbytes in metas:
-        raw = flat[offset:offset + nbytes]
-        out.append((name, raw.view(getattr(torch, dtype)).reshape(tuple(shape))))
-    return out
-
 
 class UniaplWorkerExtension:
     """Methods vLLM adds to each of its workers (``self`` is the vLLM worker: it has
@@ -99,14 +88,14 @@ class UniaplWorkerExtension:
             flat = torch.from_file(handle, shared=True, size=total, dtype=torch.uint8) \
                 if total else torch.empty(0, dtype=torch.uint8)
             self._uniapl_keep.append(flat)
-            named = views_of(flat, metas)
+            named = tensor_views(flat, metas)
         elif transport == "cuda_ipc":
             rebuild, args = pickle.loads(handle)
             args = list(args)
             args[6] = self.device.index  # the IPC buffer, opened on this worker's device
             flat = rebuild(*args)
             self._uniapl_keep.append(flat)
-            named = views_of(flat, metas)
+            named = tensor_views(flat, metas)
         else:
             raise ValueError(f"transport: unknown {transport!r} (inline | shm | cuda_ipc)")
         return self._uniapl_load(named)

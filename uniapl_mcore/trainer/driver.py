@@ -166,8 +166,6 @@ class Driver:
         metrics.update({f"data/epoch_{k}": v for k, v in
                         self.sampler(stage).epochs(step - stage.start_step + 1).items()})
         metrics["data/sft_rows"] = float(len(sft_pairs))
-        # the weight version the engines generated this step's rollouts with
-        metrics["rollout/weight_version"] = float(self.rollout.pool.version)
         metrics["data/pref_prompts"] = float(len(pref_rows))
         return seqs, metrics
 
