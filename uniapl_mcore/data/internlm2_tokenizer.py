@@ -346,10 +346,6 @@ class InternLM2Tokenizer:
     def pad_token_id(self) -> int | None:
         return self._special_id("pad_token")
 
-    @property
-    def unk_token_id(self) -> int | None:
-        return self._special_id("unk_token")
-
     def convert_tokens_to_ids(self, tokens: str | Iterable[str]) -> Any:
         """Added tokens by content, else the SentencePiece id (unknown pieces → ``<unk>``)."""
         if isinstance(tokens, str):
