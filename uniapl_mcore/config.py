@@ -325,17 +325,31 @@ class OptimizerConfig:
 
 @dataclass
 class TrainConfig:
-    """Step count, seed, and the rows per micro-batch of the common-width layout (pipeline
+    """Step count, seed, the rows per micro-batch of the common-width layout (pipeline
     parallel runs; without PP the trainer packs micro-batches by ``data.micro_batch_tokens``
-    and evaluation batches ``micro_batch_size`` rows)."""
+    and evaluation batches ``micro_batch_size`` rows), and the PPO update schedule.
+
+    ``mini_batches`` M: optimizer updates per rollout batch (the step's rows are split into
+    M mini-batches, each its own loss with its own global denominators); ``epochs`` E: passes
+    over the step's mini-batches. A step makes M·E optimizer updates; with M·E > 1 the
+    importance ratio π_θ / π_old (π_old: the weights when the step began) leaves 1 after the
+    first update and the PPO clip acts (``specs/objective.md`` §3.9).
+    """
 
     max_steps: int = 80
     seed: int = 1234
     micro_batch_size: int = 2
+    mini_batches: int = 1
+    epochs: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "micro_batch_size"):
+        for name in ("max_steps", "micro_batch_size", "mini_batches", "epochs"):
             check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per training step: M · E."""
+        return self.mini_batches * self.epochs
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Pure functions: sampling filters, bucket packing, mismatch metrics, TIS weights, config."""
+"""Pure functions: sampling filters, bucket packing, mismatch metrics, config."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from uniapl_mcore.config import ConfigError
 from uniapl_mcore.rollout.config import RolloutConfig, SamplingConfig, WeightSyncConfig
-from uniapl_mcore.rollout.mismatch import mismatch_metrics, pad_logprobs, truncated_is_weights
+from uniapl_mcore.rollout.mismatch import mismatch_metrics, pad_logprobs
 from uniapl_mcore.rollout.sampling import filter_logits
 from uniapl_mcore.rollout.transport import pack_bucket, unpack_bucket
 
@@ -66,18 +66,6 @@ def test_mismatch_metrics():
     assert same["mean_abs_diff"] == same["kl_k3"] == 0
     with pytest.raises(ValueError, match="shapes differ"):
         mismatch_metrics(rollout, trainer[:, :2], mask)
-
-
-def test_truncated_is_weights():
-    rollout = torch.tensor([[-2.0, -1.0, -1.0]])
-    trainer = torch.tensor([[-1.0, -1.5, -1.0]])
-    mask = torch.tensor([[1.0, 1.0, 0.0]])
-    token = truncated_is_weights(rollout, trainer, mask, cap=2.0)
-    assert torch.allclose(token, torch.tensor([[2.0, math.exp(-0.5), 0.0]]))
-    seq = truncated_is_weights(rollout, trainer, mask, cap=5.0, level="sequence")
-    assert torch.allclose(seq, torch.tensor([[math.exp(0.25), math.exp(0.25), 0.0]]))
-    with pytest.raises(ValueError, match="tis_cap"):
-        truncated_is_weights(rollout, trainer, mask, cap=0.5)
 
 
 def test_pad_logprobs():

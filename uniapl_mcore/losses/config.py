@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from uniapl_mcore.config import check
@@ -23,6 +23,8 @@ SftWeighting = Literal["none", "phi", "is"]
 AdvBaseline = Literal["group_mean", "leave_one_out", "batch_mean", "none"]
 AdvInjection = Literal["loss", "advantage", "reward_raw", "reward_coef"]
 AdvReference = Literal["teacher", "gt", "gt_delta"]
+RolloutISLevel = Literal["none", "token", "sequence"]
+RolloutISMode = Literal["truncate", "mask"]
 
 OBJECTIVES: tuple[str, ...] = typing.get_args(Objective)
 AGG_MODES: tuple[str, ...] = typing.get_args(AggMode)
@@ -31,6 +33,8 @@ SFT_WEIGHTINGS: tuple[str, ...] = typing.get_args(SftWeighting)
 ADV_BASELINES: tuple[str, ...] = typing.get_args(AdvBaseline)
 ADV_INJECTIONS: tuple[str, ...] = typing.get_args(AdvInjection)
 ADV_REFERENCES: tuple[str, ...] = typing.get_args(AdvReference)
+ROLLOUT_IS_LEVELS: tuple[str, ...] = typing.get_args(RolloutISLevel)
+ROLLOUT_IS_MODES: tuple[str, ...] = typing.get_args(RolloutISMode)
 
 CHORD_OBJECTIVES = ("chord", "a_chord")
 #: objectives whose loss contains the adversarial term (when ``adv_injection == "loss"``)
@@ -74,6 +78,31 @@ class MuScheduleConfig:
 
 
 @dataclass
+class RolloutISConfig:
+    """Rollout importance sampling (§3.9): a detached weight on each policy-gradient token of
+    the GRPO term and the adversarial surrogate, for the engine's π_rollout ≠ π_old.
+
+    ``level``: ``none`` (off), ``token`` (ratio π_old / π_rollout per token) or ``sequence``
+    (the product of the ratios over the response, on every token of it). ``mode``:
+    ``truncate`` (w = min(ratio, cap)) or ``mask`` (w = 1 if ratio ≤ cap, else the token is
+    dropped). ``cap``: C (≥ 1; 2.0 is the common default).
+    """
+
+    level: RolloutISLevel = "none"
+    mode: RolloutISMode = "truncate"
+    cap: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check_choice(self.level, ROLLOUT_IS_LEVELS, "level")
+        _check_choice(self.mode, ROLLOUT_IS_MODES, "mode")
+        check(self.cap >= 1.0, "cap", f"must be >= 1, got {self.cap}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.level != "none"
+
+
+@dataclass
 class LossConfig:
     """Every switch of the objective (``specs/objective.md`` §3–§6, §10).
 
@@ -111,6 +140,7 @@ class LossConfig:
         kto_beta, kto_lambda_d, kto_lambda_u: β, λ_D, λ_U of KTO.
         logprob_chunk_tokens: tokens per chunk of the vocab-parallel log-prob computation
             (bounds the fp32 working set to chunk × vocab/tp).
+        rollout_is: rollout importance sampling (:class:`RolloutISConfig`).
     """
 
     objective: Objective = "uniapl"
@@ -143,6 +173,7 @@ class LossConfig:
     kto_lambda_d: float = 1.0
     kto_lambda_u: float = 1.0
     logprob_chunk_tokens: int = 1024
+    rollout_is: RolloutISConfig = field(default_factory=RolloutISConfig)
 
     def __post_init__(self) -> None:
         _check_choice(self.objective, OBJECTIVES, "objective")

@@ -32,6 +32,7 @@ from uniapl_mcore.losses.aggregation import (
 from uniapl_mcore.losses.config import ADVERSARIAL_OBJECTIVES, LossConfig
 from uniapl_mcore.losses.metrics import TermOutput, detached
 from uniapl_mcore.losses.policy import check_same_shape
+from uniapl_mcore.losses.rollout_correction import mismatch_metrics, rollout_is_weights
 from uniapl_mcore.losses.terms import adversarial_loss, grpo_loss, sft_loss
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,10 @@ class PolicyBatch:
             :func:`~uniapl_mcore.losses.vocab_parallel.vocab_parallel_logprobs_entropy`.
         mask: [b, t] loss mask (1 on counted response / target tokens).
         row_kind: int [b] of :class:`RowKind` (SFT, PREF, SFT_ROLLOUT, IGNORE).
-        old_logp: log π_old [b, t] of rollout rows; None = on-policy (ρ = 1).
+        old_logp: log π_old [b, t] of rollout rows; None = on-policy (ρ = 1): π_old is
+            π_θ detached (one update per rollout batch).
+        rollout_logp: log π_rollout [b, t]: the engine's log-prob of each sampled token
+            (0 on rows without one); enables the ``mismatch/`` metrics and rollout IS.
         ref_logp: log π_ref [b, t]; needed for the in-loss KL.
         entropy: H_t [b, t] (differentiable); needed when ``entropy_coef`` > 0.
         advantages: GRPO advantage [b] (used on PREF rows).
@@ -91,6 +95,7 @@ class PolicyBatch:
     mask: torch.Tensor
     row_kind: torch.Tensor
     old_logp: torch.Tensor | None = None
+    rollout_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
@@ -102,7 +107,8 @@ class PolicyBatch:
     def __post_init__(self) -> None:
         check_row_shapes(self.mask, self.row_kind)
         check_same_shape("logp", self.logp, mask=self.mask, old_logp=self.old_logp,
-                         ref_logp=self.ref_logp, entropy=self.entropy)
+                         rollout_logp=self.rollout_logp, ref_logp=self.ref_logp,
+                         entropy=self.entropy)
         b = self.logp.shape[0]
         for name in ("advantages", "adv_advantages", "rewards", "coef", "scores"):
             value = getattr(self, name)
@@ -153,6 +159,27 @@ def _row_metrics(batch: PolicyBatch, kind: RowKind, denom: SliceDenominators,
     return detached(metrics)
 
 
+def _rollout_correction(batch: PolicyBatch, old: torch.Tensor, denoms: StepDenominators,
+                        cfg: LossConfig, out: TermOutput) -> torch.Tensor | None:
+    """§3.9 on this micro-batch: ``mismatch/`` metrics on the PREF tokens (when the engine's
+    log-probs are attached) and the rollout IS weights [b, t] of the rollout rows (PREF and
+    SFT_ROLLOUT; None when ``rollout_is.level`` is none)."""
+    if batch.rollout_logp is not None:
+        summable, maxima = mismatch_metrics(old, batch.rollout_logp,
+                                            batch.slice_mask(RowKind.PREF), denoms.pref.tokens)
+        out.add_metrics(summable)
+        out.add_metrics(maxima, maxima=True)
+    if not cfg.rollout_is.enabled:
+        return None
+    rollout_logp = _required(batch.rollout_logp, "rollout_logp", "for rollout_is")
+    rows = batch.slice_mask(RowKind.PREF) + batch.slice_mask(RowKind.SFT_ROLLOUT)
+    found = rollout_is_weights(old, rollout_logp, rows, cfg.rollout_is)
+    tokens = max(denoms.pref.tokens + denoms.sft_rollout.tokens, 1.0)
+    out.add_metrics(detached({"rollout_is/weight_mean": found.weights.double().sum() / tokens,
+                              "rollout_is/capped_frac": found.capped.double().sum() / tokens}))
+    return found.weights
+
+
 def _add(total: TermOutput, part: TermOutput, weight: float, name: str) -> None:
     total.loss = total.loss + weight * part.loss
     total.merge(part)
@@ -181,6 +208,7 @@ def objective_loss(batch: PolicyBatch, denoms: StepDenominators, cfg: LossConfig
     weights = objective_weights(cfg, step)
     out = TermOutput(batch.logp.sum() * 0.0)  # keeps the graph connected for empty batches
     old = batch.old_logp if batch.old_logp is not None else batch.logp.detach()
+    is_weights = _rollout_correction(batch, old, denoms, cfg, out)
     if weights.sft > 0 or denoms.sft.sequences > 0:
         part = sft_loss(batch.logp, batch.slice_mask(RowKind.SFT), denoms.sft,
                         agg_mode=cfg.sft_agg_mode, weighting=cfg.resolved_sft_weighting)
@@ -189,18 +217,20 @@ def objective_loss(batch: PolicyBatch, denoms: StepDenominators, cfg: LossConfig
     if weights.pref > 0 or denoms.pref.sequences > 0:
         advantages = _required(batch.advantages, "advantages", "for the GRPO term")
         part = grpo_loss(batch.logp, old, advantages, batch.slice_mask(RowKind.PREF),
-                         denoms.pref, cfg, ref_logp=batch.ref_logp, entropy=batch.entropy)
+                         denoms.pref, cfg, ref_logp=batch.ref_logp, entropy=batch.entropy,
+                         is_weights=is_weights)
         _add(out, part, weights.pref, "grpo")
         out.add_metrics(_row_metrics(batch, RowKind.PREF, denoms.pref, "pref"))
     if weights.adv_pref > 0:
         adv = _required(batch.adv_advantages, "adv_advantages", "for the adversarial term")
         part = adversarial_loss(batch.logp, old, adv, batch.slice_mask(RowKind.PREF),
-                                denoms.pref, cfg, prefix="adv_pref")
+                                denoms.pref, cfg, is_weights=is_weights, prefix="adv_pref")
         _add(out, part, weights.adv_pref, "adv_pref")
     if weights.adv_sft > 0:
         adv = _required(batch.adv_advantages, "adv_advantages", "for the adversarial term")
         part = adversarial_loss(batch.logp, old, adv, batch.slice_mask(RowKind.SFT_ROLLOUT),
-                                denoms.sft_rollout, cfg, prefix="adv_sft")
+                                denoms.sft_rollout, cfg, is_weights=is_weights,
+                                prefix="adv_sft")
         _add(out, part, weights.adv_sft, "adv_sft")
         out.add_metrics(_row_metrics(batch, RowKind.SFT_ROLLOUT, denoms.sft_rollout,
                                      "sft_rollout"))

@@ -70,6 +70,11 @@ def sft_loss(logp: torch.Tensor, mask: torch.Tensor, denom: SliceDenominators, *
     return TermOutput(loss, detached(metrics))
 
 
+def weighted(per_token: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``per_token`` × the detached ``weights`` [b, t]; ``per_token`` itself when None."""
+    return per_token if weights is None else per_token * weights.detach()
+
+
 def _surrogate_metrics(prefix: str, surrogate, mask: torch.Tensor,
                        denom: SliceDenominators) -> dict[str, torch.Tensor]:
     return {
@@ -82,7 +87,7 @@ def _surrogate_metrics(prefix: str, surrogate, mask: torch.Tensor,
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
               mask: torch.Tensor, denom: SliceDenominators, cfg: LossConfig, *,
               ref_logp: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
-              prefix: str = "grpo") -> TermOutput:
+              is_weights: torch.Tensor | None = None, prefix: str = "grpo") -> TermOutput:
     """L_GRPO = agg(ℓ_pg) + β·agg(k_t) − c_ent·agg(H_t) over the preference rollouts (§3.8).
 
     Args:
@@ -96,6 +101,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
             straight-through) and entropy coefficient.
         ref_logp: log π_ref [b, t]; required when the in-loss KL coefficient is > 0.
         entropy: H_t [b, t] (differentiable); required when ``entropy_coef`` > 0.
+        is_weights: rollout importance weights [b, t] (detached, §3.9) on ℓ_pg only; None:
+            no correction.
 
     Metrics: ``{prefix}/loss``, ``/pg_loss``, ``/kl`` (agg of k_t, if ``ref_logp``),
     ``/entropy`` (agg of H_t, if given), ``/clip_frac_low``, ``/clip_frac_high``,
@@ -103,7 +110,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
     ``/tokens``; maxima ``/ratio_max``.
     """
     check_same_shape("logp", logp, old_logp=old_logp, mask=mask, ref_logp=ref_logp,
-                     entropy=entropy)
+                     entropy=entropy, is_weights=is_weights)
     beta = cfg.kl_coef_in_loss
     if beta > 0 and ref_logp is None:
         raise ValueError("ref_logp: required when kl_coef > 0 and the KL is in the loss")
@@ -113,7 +120,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
     surrogate = clipped_surrogate(logp, old_logp, advantages, eps_low=cfg.clip_eps_low,
                                   eps_high=cfg.clip_eps_high, dual_clip_c=cfg.dual_clip_c,
                                   log_ratio_clamp=cfg.log_ratio_clamp)
-    pg = aggregate(surrogate.loss, mask, mode, denom)
+    pg = aggregate(weighted(surrogate.loss, is_weights), mask, mode, denom)
     loss = pg
     metrics = {f"{prefix}/pg_loss": pg, **_surrogate_metrics(prefix, surrogate, mask, denom),
                f"{prefix}/ratio_mean": token_mean(surrogate.ratio, mask, denom),
@@ -139,7 +146,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
 def adversarial_loss(logp: torch.Tensor, old_logp: torch.Tensor,
                      adv_advantages: torch.Tensor, mask: torch.Tensor,
                      denom: SliceDenominators, cfg: LossConfig, *,
-                     prefix: str = "adv") -> TermOutput:
+                     is_weights: torch.Tensor | None = None, prefix: str = "adv") -> TermOutput:
     """L_ADV = agg(ℓ_adv) (§5.2): the clipped surrogate with A = Â_adv = c − b.
 
     At ρ = 1 its gradient is −Σ m (c − b) ∇log π / D, the REINFORCE gradient of −E[c].
@@ -152,15 +159,16 @@ def adversarial_loss(logp: torch.Tensor, old_logp: torch.Tensor,
         mask: [b, t] response-token mask of the slice's rollouts.
         denom: global denominators of the slice (P, or the SFT-prompt rollouts).
         cfg: ``adv_clip``, clip range, dual clip and ``loss_agg_mode`` (shared with GRPO).
+        is_weights: rollout importance weights [b, t] (detached, §3.9); None: no correction.
 
     Metrics: ``{prefix}/loss``, ``/clip_frac_low``, ``/clip_frac_high``, ``/dual_clip_frac``,
     ``/tokens``.
     """
-    check_same_shape("logp", logp, old_logp=old_logp, mask=mask)
+    check_same_shape("logp", logp, old_logp=old_logp, mask=mask, is_weights=is_weights)
     surrogate = clipped_surrogate(logp, old_logp, adv_advantages, eps_low=cfg.clip_eps_low,
                                   eps_high=cfg.clip_eps_high, dual_clip_c=cfg.dual_clip_c,
                                   log_ratio_clamp=cfg.log_ratio_clamp, clip=cfg.adv_clip)
-    loss = aggregate(surrogate.loss, mask, cfg.loss_agg_mode, denom)
+    loss = aggregate(weighted(surrogate.loss, is_weights), mask, cfg.loss_agg_mode, denom)
     metrics = {f"{prefix}/loss": loss, **_surrogate_metrics(prefix, surrogate, mask, denom),
                f"{prefix}/tokens": mask.float().sum()}
     return TermOutput(loss, detached(metrics))

@@ -140,18 +140,26 @@ def build_optimizer(optim: OptimizerConfig, chunks: list[Any]):
     return get_megatron_optimizer(config, chunks)
 
 
-def build_scheduler(optim: OptimizerConfig, optimizer: Any, max_steps: int):
-    """Warmup then constant / linear / cosine decay, stepped once per optimizer step."""
+def build_scheduler(optim: OptimizerConfig, optimizer: Any, max_steps: int,
+                    updates_per_step: int = 1):
+    """Warmup then constant / linear / cosine decay, stepped once per optimizer update.
+
+    ``optim.warmup_steps``, ``optim.lr_decay_steps`` and ``max_steps`` count training steps;
+    with ``updates_per_step`` optimizer updates per step (PPO mini-batches × epochs) the
+    schedule spans that many more updates, so its shape over the run's steps is the same.
+    """
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    decay_steps = optim.lr_decay_steps or max_steps
+    u = updates_per_step
+    decay_steps = (optim.lr_decay_steps or max_steps) * u
+    warmup_steps = optim.warmup_steps * u
     return OptimizerParamScheduler(
         optimizer,
-        init_lr=0.0 if optim.warmup_steps else optim.lr,
+        init_lr=0.0 if warmup_steps else optim.lr,
         max_lr=optim.lr,
         min_lr=optim.min_lr,
-        lr_warmup_steps=optim.warmup_steps,
-        lr_decay_steps=max(decay_steps, optim.warmup_steps + 1),
+        lr_warmup_steps=warmup_steps,
+        lr_decay_steps=max(decay_steps, warmup_steps + 1),
         lr_decay_style=optim.lr_decay_style,
         start_wd=optim.weight_decay,
         end_wd=optim.weight_decay,

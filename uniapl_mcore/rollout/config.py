@@ -1,4 +1,4 @@
-"""Configuration of the rollout engines, the Ray pool, weight sync and the mismatch monitor.
+"""Configuration of the rollout engines, the Ray pool and weight sync.
 
 Units are in the names (``*_bytes``, ``*_s``); everything is validated in ``__post_init__``
 with a message naming the field (relative to the ``rollout`` section).
@@ -106,14 +106,13 @@ class WeightSyncConfig:
     colocated). ``nccl`` (broadcast into an engine process group; disaggregated GPUs) is
     refused for now: the vLLM engine and its worker extension can join a trainer's NCCL
     group and receive broadcasts, but the pool and the trainer do not drive that path yet.
-    ``bucket_bytes``: size bound of one HF-named bucket. ``check_logprobs_every_steps``: how
-    often the mismatch monitor compares engine and trainer log-probs (0: never).
+    ``bucket_bytes``: size bound of one HF-named bucket. The engines' log-probs are compared
+    with the trainer's every step (``mismatch/`` metrics, ``specs/objective.md`` §3.9).
     """
 
     transport: Literal["object_store", "nccl"] = "object_store"
     bucket_bytes: int = 512 * 1024**2
     keep_weights_for_restart: bool = True
-    check_logprobs_every_steps: int = 1
 
     def __post_init__(self) -> None:
         check(self.transport in ("object_store", "nccl"), "weight_sync.transport",
@@ -122,30 +121,6 @@ class WeightSyncConfig:
               "'nccl' is not wired into the engine pool yet; use 'object_store'")
         check(self.bucket_bytes >= 1024**2, "weight_sync.bucket_bytes",
               f"must be >= 1 MiB, got {self.bucket_bytes}")
-        check(self.check_logprobs_every_steps >= 0, "weight_sync.check_logprobs_every_steps",
-              "must be >= 0")
-
-
-@dataclass
-class MismatchConfig:
-    """Rollout-vs-trainer log-prob monitor and truncated importance sampling (TIS).
-
-    ``tis_cap``: upper bound C of the weights min(exp(logp_train - logp_rollout), C);
-    ``tis_level``: per ``token`` or per ``sequence`` (geometric mean over the response).
-    ``max_mean_abs_diff``: fail the step when mean |Δ log p| exceeds it (None: log only).
-    """
-
-    truncated_importance_sampling: bool = False
-    tis_cap: float = 2.0
-    tis_level: Literal["token", "sequence"] = "token"
-    max_mean_abs_diff: float | None = None
-
-    def __post_init__(self) -> None:
-        check(self.tis_cap >= 1, "mismatch.tis_cap", f"must be >= 1, got {self.tis_cap}")
-        check(self.tis_level in ("token", "sequence"), "mismatch.tis_level",
-              f"must be 'token' or 'sequence', got {self.tis_level!r}")
-        check(self.max_mean_abs_diff is None or self.max_mean_abs_diff > 0,
-              "mismatch.max_mean_abs_diff", "must be > 0 or null")
 
 
 @dataclass
@@ -174,7 +149,6 @@ class RolloutConfig:
     call_timeout_s: float = 1800.0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
-    mismatch: MismatchConfig = field(default_factory=MismatchConfig)
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,7 @@
-"""Rollout-vs-trainer log-prob mismatch: metrics and truncated importance-sampling weights.
+"""Rollout-vs-trainer log-prob mismatch as whole-batch figures (weight-sync checks, tools).
+
+The trainer's per-step ``mismatch/`` metrics and the rollout importance weights are
+:mod:`uniapl_mcore.losses.rollout_correction` (summable per micro-batch).
 
 All functions are pure. Shapes: ``rollout_logprobs`` and ``trainer_logprobs`` float [B, T]
 (nats, log p of the sampled token under the engine resp. the trainer), ``mask`` bool/float
@@ -47,28 +50,6 @@ def mismatch_metrics(rollout_logprobs: torch.Tensor, trainer_logprobs: torch.Ten
         "ratio_max": float(ratio[on].max()),
         "tokens": float(tokens),
     }
-
-
-def truncated_is_weights(rollout_logprobs: torch.Tensor, trainer_logprobs: torch.Tensor,
-                         mask: torch.Tensor, cap: float = 2.0,
-                         level: str = "token") -> torch.Tensor:
-    """Truncated importance-sampling weights min(p_train / p_rollout, cap), float [B, T].
-
-    ``level="token"``: one ratio per token. ``level="sequence"``: the geometric mean of the
-    ratios over each sequence's masked tokens, broadcast over its tokens. Weights are 0 off
-    the mask and carry no gradient (detached). Multiply the per-token GRPO loss by them to
-    correct for sampling from the engine's (slightly different) distribution.
-    """
-    if cap < 1:
-        raise ValueError(f"tis_cap must be >= 1, got {cap}")
-    weights = _check(rollout_logprobs, trainer_logprobs, mask).to(trainer_logprobs.dtype)
-    log_r = (trainer_logprobs - rollout_logprobs).detach() * weights
-    if level == "sequence":
-        count = weights.sum(-1, keepdim=True).clamp(min=1)
-        log_r = (log_r.sum(-1, keepdim=True) / count).expand_as(log_r)
-    elif level != "token":
-        raise ValueError(f"tis_level must be 'token' or 'sequence', got {level!r}")
-    return log_r.exp().clamp(max=cap) * weights
 
 
 def pad_logprobs(rows: list[list[float]] | list[tuple[float, ...]], width: int | None = None

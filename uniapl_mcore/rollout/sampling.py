@@ -41,22 +41,42 @@ def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     return scaled
 
 
-def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                  top_p: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Next token ids int64 [B] from ``logits`` float [B, V], by inverse CDF.
+def sampling_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                    top_p: torch.Tensor) -> torch.Tensor:
+    """The logits each row samples from, fp32 [B, V]: :func:`filter_logits` at the row's
+    temperature, or the raw logits for greedy rows (temperature 0). Their log-softmax at the
+    drawn token is the behaviour policy's log-prob π_rollout (vLLM's ``processed_logprobs``).
+    """
+    logits = logits.float()
+    greedy = temperature <= 0
+    if bool(greedy.all()):
+        return logits
+    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
+    filtered = filter_logits(logits, safe_t, top_k, top_p)
+    return torch.where(greedy[:, None], logits, filtered) if bool(greedy.any()) else filtered
+
+
+def draw_tokens(scaled: torch.Tensor, temperature: torch.Tensor,
+                uniforms: torch.Tensor) -> torch.Tensor:
+    """Next token ids int64 [B] from :func:`sampling_logits` ``scaled`` [B, V], by inverse CDF.
 
     Rows with temperature 0 are greedy; each other row takes the first token whose
-    cumulative filtered probability exceeds its draw ``uniforms`` [B] in [0, 1) (float64),
-    so a token of zero probability is never chosen and a row's token depends only on its own
-    logits and draw.
+    cumulative probability exceeds its draw ``uniforms`` [B] in [0, 1) (float64), so a token
+    of zero probability is never chosen and a row's token depends only on its own logits and
+    draw.
     """
     greedy = temperature <= 0
-    out = logits.argmax(-1)
+    out = scaled.argmax(-1)
     if bool(greedy.all()):
         return out
-    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
-    probs = filter_logits(logits.float(), safe_t, top_k, top_p).softmax(-1)
-    cdf = probs.double().cumsum(-1)
+    cdf = scaled.softmax(-1).double().cumsum(-1)
     target = uniforms.to(cdf)[:, None] * cdf[:, -1:]
-    drawn = torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
+    drawn = torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=scaled.shape[-1] - 1)
     return torch.where(greedy, out, drawn)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                  top_p: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """:func:`draw_tokens` from ``logits`` float [B, V] (filtered by :func:`sampling_logits`)."""
+    return draw_tokens(sampling_logits(logits, temperature, top_k, top_p), temperature,
+                       uniforms)

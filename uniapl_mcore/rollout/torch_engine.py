@@ -20,7 +20,7 @@ import torch
 
 from uniapl_mcore.rollout.decoder import StaticDecoder, supports
 from uniapl_mcore.rollout.engine import CHECKPOINT_VERSION, NO_WEIGHTS, VersionGuard
-from uniapl_mcore.rollout.sampling import sample_generator, sample_tokens
+from uniapl_mcore.rollout.sampling import draw_tokens, sample_generator, sampling_logits
 from uniapl_mcore.rollout.types import (
     GenerationRequest,
     GenerationResult,
@@ -221,10 +221,9 @@ class TorchEngine:
         forward = self._forward_fn(ids, mask, steps)
         logits = forward(None)
         for step in range(steps):
-            logp = logits.log_softmax(-1)
-            nxt = sample_tokens(logits, state.temperature, state.top_k, state.top_p,
-                                state.uniforms[:, step])
-            state.record(step, nxt, logp.gather(-1, nxt[:, None])[:, 0])
+            scaled = sampling_logits(logits, state.temperature, state.top_k, state.top_p)
+            nxt = draw_tokens(scaled, state.temperature, state.uniforms[:, step])
+            state.record(step, nxt, scaled.log_softmax(-1).gather(-1, nxt[:, None])[:, 0])
             if state.has_stop_strings and self.tokenizer is not None:
                 self._stop_strings(rows, state, step)
             if not bool(state.live.any()):

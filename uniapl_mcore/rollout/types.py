@@ -1,8 +1,11 @@
 """Engine-neutral request/response types for rollout generation.
 
 Token ids are ints in the model's vocabulary; log-probs are natural-log probabilities (nats)
-of each generated token under the model's *raw* next-token distribution (temperature 1, no
-top-k/top-p truncation) — what the trainer recomputes, and vLLM's default ``raw_logprobs``.
+of each generated token under the distribution it was drawn from: the logits divided by the
+sampling temperature, after any top-k / top-p truncation (the raw logits for greedy requests)
+— vLLM's ``processed_logprobs``. With top-k and top-p off this is exactly what the trainer
+computes (log-softmax of logits / temperature), so the two can be compared token for token
+(``specs/objective.md`` §3.9).
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class GenerationRequest:
 class Sample:
     """One generated continuation.
 
-    ``token_ids`` [t] and ``logprobs`` [t] (nats, raw distribution) have equal length;
+    ``token_ids`` [t] and ``logprobs`` [t] (nats, the sampling distribution) have equal length;
     ``text`` is the decoded continuation ('' when the engine has no tokenizer).
     """
 

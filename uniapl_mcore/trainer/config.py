@@ -159,6 +159,9 @@ class UniaplConfig(RunConfig):
         check(self.prompts_per_step > 0, "prompts_per_step", "must be > 0")
         check(self.sft_samples_per_prompt is None or self.sft_samples_per_prompt >= 1,
               "sft_samples_per_prompt", "must be >= 1")
+        check(self.train.mini_batches <= self.prompts_per_step, "train.mini_batches",
+              f"{self.train.mini_batches} mini-batches cannot each get a prompt of the "
+              f"{self.prompts_per_step} drawn per step (prompts_per_step)")
         check(self.loss.objective not in ("dpo", "kto"), "loss.objective",
               "dpo / kto train on offline preference pairs, which the online trainer does not "
               "load; use sft, grpo, a_sft, a_grpo, uniapl, chord or a_chord")

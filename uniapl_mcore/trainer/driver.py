@@ -49,12 +49,14 @@ def teacher_text(row: Row) -> str:
 
 @dataclass
 class Rollouts:
-    """Student samples of one slice: rows, per-sample prompt index, token ids, texts."""
+    """Student samples of one slice: rows, per-sample prompt index, token ids, the engine's
+    log-prob of each token (nats, at the sampling temperature), texts."""
 
     rows: list[Row]
     prompt_ids: list[list[int]]
     group: list[int]
     tokens: list[list[int]]
+    logprobs: list[list[float]]
     texts: list[str]
     truncated: list[bool]
 
@@ -173,12 +175,13 @@ class Driver:
               stream: int) -> Rollouts:
         seeds = [request_seed(self.cfg.train.seed, step, stream, i) for i in range(len(rows))]
         results = self.rollout.generate(prompt_ids, n, seeds)
-        out = Rollouts(rows, [], [], [], [], [])
+        out = Rollouts(rows, [], [], [], [], [], [])
         for g, result in enumerate(results):
             for sample in result.samples:
                 out.prompt_ids.append(prompt_ids[g])
                 out.group.append(g)
                 out.tokens.append(list(sample.token_ids))
+                out.logprobs.append(list(sample.logprobs))
                 out.texts.append(sample.text)
                 out.truncated.append(sample.finish_reason == "length")
         return out
@@ -246,7 +249,8 @@ class Driver:
         return [Sequence(roll.prompt_ids[i], roll.tokens[i], int(kind), group=base + g,
                          advantage=float(adv.advantages[i]),
                          adv_advantage=float(adv.adversarial[i]), reward=float(reward[i]),
-                         coef=float(coef[i]), score=float(score[i]))
+                         coef=float(coef[i]), score=float(score[i]),
+                         rollout_logprobs=roll.logprobs[i])
                 for i, g in enumerate(roll.group)]
 
     # ------------------------------------------------------------------ evaluation

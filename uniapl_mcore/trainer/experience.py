@@ -38,7 +38,9 @@ class Sequence:
     ``kind``: a :class:`RowKind`; ``group``: the prompt group (rollouts of one prompt share
     it; SFT rows get their own); ``advantage``: GRPO advantage (PREF rows);
     ``adv_advantage``: c − b for the adversarial term; ``reward``, ``coef``, ``score``: for
-    metrics (NaN-free floats; 0 where not applicable).
+    metrics (NaN-free floats; 0 where not applicable); ``rollout_logprobs``: the engine's
+    log-prob of each response token (nats, at the sampling temperature; one per
+    ``response_ids`` entry) for rollout rows, None for SFT targets.
     """
 
     prompt_ids: list[int]
@@ -50,6 +52,13 @@ class Sequence:
     reward: float = 0.0
     coef: float = 0.0
     score: float = 0.0
+    rollout_logprobs: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rollout_logprobs is not None and \
+                len(self.rollout_logprobs) != len(self.response_ids):
+            raise ValueError(f"rollout_logprobs: {len(self.rollout_logprobs)} values for "
+                             f"{len(self.response_ids)} response tokens")
 
     @property
     def length(self) -> int:
@@ -75,16 +84,21 @@ def pad_to_multiple(seqs: list[Sequence], multiple: int) -> list[Sequence]:
 
 
 def _row_tensors(seq: Sequence, width: int) -> tuple[torch.Tensor, ...]:
+    """tokens, targets (int64 [width]), loss mask and rollout log-probs (fp32 [width])."""
     ids = seq.prompt_ids + seq.response_ids
     tokens = torch.zeros(width, dtype=torch.long)
     targets = torch.zeros(width, dtype=torch.long)
     mask = torch.zeros(width)
+    rollout = torch.zeros(width)
     n = len(ids) - 1
     tokens[:n] = torch.tensor(ids[:-1])
     targets[:n] = torch.tensor(ids[1:])
+    first = len(seq.prompt_ids) - 1  # the position that predicts the first response token
     if seq.kind != RowKind.IGNORE:
-        mask[len(seq.prompt_ids) - 1:n] = 1.0  # positions that predict response tokens
-    return tokens, targets, mask
+        mask[first:n] = 1.0
+    if seq.rollout_logprobs:
+        rollout[first:n] = torch.tensor(seq.rollout_logprobs, dtype=torch.float32)
+    return tokens, targets, mask, rollout
 
 
 @dataclass(frozen=True)
@@ -146,15 +160,17 @@ def common_width_plan(seqs: Seq[Sequence], rows_per_micro_batch: int,
             for lo in range(0, len(order), rows_per_micro_batch)]
 
 
-def build_micro_batch(rows: Seq[Sequence], width: int,
-                      explicit_mask: bool) -> PolicyMicroBatch:
+def build_micro_batch(rows: Seq[Sequence], width: int, explicit_mask: bool,
+                      rollout_logp: bool = False) -> PolicyMicroBatch:
     """``rows`` as one micro-batch [len(rows), width] (right-padded; position ids 0..width-1
-    on every row). ``explicit_mask``: attach the causal mask [1, 1, width, width] (CPU)."""
+    on every row). ``explicit_mask``: attach the causal mask [1, 1, width, width] (CPU);
+    ``rollout_logp``: attach the engines' log-probs [len(rows), width] (0 where a row has
+    none)."""
     if any(s.length > width for s in rows):
         raise ValueError(f"a sequence of {max(s.length for s in rows)} tokens exceeds the "
                          f"micro-batch width {width}")
-    tokens, targets, loss_mask = (torch.stack(t) for t in
-                                  zip(*(_row_tensors(s, width) for s in rows), strict=True))
+    tokens, targets, loss_mask, rollout = (
+        torch.stack(t) for t in zip(*(_row_tensors(s, width) for s in rows), strict=True))
 
     def vec(name: str) -> torch.Tensor:
         return torch.tensor([float(getattr(s, name)) for s in rows])
@@ -165,7 +181,7 @@ def build_micro_batch(rows: Seq[Sequence], width: int,
         targets=targets, loss_mask=loss_mask,
         row_kind=torch.tensor([s.kind for s in rows], dtype=torch.long),
         attention_mask=causal_mask(width) if explicit_mask else None,
-        advantages=vec("advantage"), adv_advantages=vec("adv_advantage"),
+        rollout_logp=rollout if rollout_logp else None, advantages=vec("advantage"), adv_advantages=vec("adv_advantage"),
         rewards=vec("reward"), coef=vec("coef"), scores=vec("score"))
 
 
@@ -246,8 +262,9 @@ def step_micro_batches(seqs: list[Sequence], dp: int, dp_rank: int, explicit_mas
     real = sum(s.length for s in seqs if s.kind != RowKind.IGNORE)
     slots = sum(plan.slots for rank_plans in plans for plan in rank_plans)
     mine, share = plans[dp_rank], shares[dp_rank]
+    with_rollout = any(s.rollout_logprobs is not None for s in seqs)
     batches = [build_micro_batch([_ignore_row() if i == FILLER_ROW else share[i]
-                                  for i in plan.rows], plan.width, explicit_mask)
+                                  for i in plan.rows], plan.width, explicit_mask, with_rollout)
                for plan in mine]
     return StepBatches(batches, real, slots)
 

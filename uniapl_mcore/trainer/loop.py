@@ -5,8 +5,9 @@ rollout engines, rewards, discriminator) and the metrics log; the other ranks re
 step's sequences by broadcast. One step, top to bottom (:meth:`Trainer.train_step`):
 
     sample mixed batch → rollouts → rewards → discriminator scores (+ its update)
-    → advantages → engines sleep → [broadcast] → reference log-probs → loss + backward
-    → optimizer → engines wake → weight sync to the engines
+    → advantages → engines sleep → [broadcast] → reference log-probs → (π_old log-probs)
+    → (loss + backward → optimizer) per PPO mini-batch and epoch → engines wake
+    → weight sync to the engines
 
 Checkpoints (:class:`~uniapl_mcore.trainer.checkpointing.CheckpointManager`) hold the policy
 with its optimizer and LR schedule, the KL reference, the discriminator (and its
@@ -120,7 +121,7 @@ class Trainer:
 
     def _begin_stage(self, stage: ResolvedStage) -> None:
         """Hand-off: fresh optimizer and LR schedule at the stage's settings, π_ref reset."""
-        restart_optimizer(self.policy, stage)
+        restart_optimizer(self.policy, stage, self.cfg.train.updates_per_step)
         self.stage_index = stage.index
         self._reset_reference()
         logger.info("stage %d (%s) begins at step %d: lr %.2e, %d steps", stage.index,

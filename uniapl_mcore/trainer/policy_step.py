@@ -36,7 +36,9 @@ class PolicyMicroBatch:
 
     tokens, position_ids, targets: int64 [b, s]; loss_mask: float [b, s] (1 on counted
     response / target tokens); attention_mask: bool [1 or b, 1, s, s] (True = blocked) or None
-    on CUDA; row_kind: int [b] (``losses.RowKind``); old_logp, ref_logp: fp32 [b, s] or None;
+    on CUDA; row_kind: int [b] (``losses.RowKind``); old_logp (π_old), rollout_logp (the
+    engine's log-prob of each sampled token, 0 on other positions), ref_logp (π_ref): fp32
+    [b, s] or None;
     advantages, adv_advantages, rewards, coef, scores: fp32 [b] or None.
     """
 
@@ -47,6 +49,7 @@ class PolicyMicroBatch:
     row_kind: torch.Tensor
     attention_mask: torch.Tensor | None = None
     old_logp: torch.Tensor | None = None
+    rollout_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     adv_advantages: torch.Tensor | None = None
@@ -88,7 +91,8 @@ def _loss_func(batch: PolicyMicroBatch, denoms: StepDenominators, cfg: LossConfi
         logits / temperature, batch.targets, batch.loss_mask,
         with_entropy=cfg.entropy_coef > 0, chunk_tokens=cfg.logprob_chunk_tokens)
     policy = PolicyBatch(logp=logp, mask=batch.loss_mask, row_kind=batch.row_kind,
-                         old_logp=batch.old_logp, ref_logp=batch.ref_logp, entropy=entropy,
+                         old_logp=batch.old_logp, rollout_logp=batch.rollout_logp,
+                         ref_logp=batch.ref_logp, entropy=entropy,
                          advantages=batch.advantages, adv_advantages=batch.adv_advantages,
                          rewards=batch.rewards, coef=batch.coef, scores=batch.scores)
     out = objective_loss(policy, denoms, cfg, step)

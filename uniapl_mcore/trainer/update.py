@@ -1,9 +1,12 @@
-"""The policy update of one step, on every rank: the step's (broadcast) sequences → this
-rank's micro-batches → π_ref log-probs for the KL slice → global loss denominators → loss +
+"""The policy update of one step, on every rank: the step's (broadcast) sequences → M
+mini-batches → this rank's micro-batches of each → π_ref log-probs for the KL slice → π_old
+log-probs (only with M·E > 1 updates) → per update: global loss denominators → loss +
 backward → optimizer and LR step.
 
 :func:`update_policy` is the whole of it; the trainer calls it once per step and the
-layout-parity and cross-layout resume tests call the same function.
+layout-parity and cross-layout resume tests call the same function. With M = E = 1 (the
+default) it is one update on the whole batch, π_old = π_θ detached, exactly as before
+mini-batches existed.
 """
 
 from __future__ import annotations
@@ -58,14 +61,17 @@ def build_policy(cfg: UniaplConfig, stage: ResolvedStage,
     chunks = build_model_chunks(cfg.model, cfg.parallel, layout, stage.optimizer)
     optimizer = build_optimizer(stage.optimizer, chunks)
     return TrainableModel(chunks, optimizer,
-                          build_scheduler(stage.optimizer, optimizer, stage.steps),
+                          build_scheduler(stage.optimizer, optimizer, stage.steps,
+                                          cfg.train.updates_per_step),
                           chunks[0].config)
 
 
-def restart_optimizer(policy: TrainableModel, stage: ResolvedStage) -> None:
+def restart_optimizer(policy: TrainableModel, stage: ResolvedStage,
+                      updates_per_step: int = 1) -> None:
     """A fresh optimizer and LR schedule at ``stage``'s settings (stage hand-off)."""
     policy.optimizer = build_optimizer(stage.optimizer, policy.chunks)
-    policy.scheduler = build_scheduler(stage.optimizer, policy.optimizer, stage.steps)
+    policy.scheduler = build_scheduler(stage.optimizer, policy.optimizer, stage.steps,
+                                       updates_per_step)
 
 
 class Reference:
@@ -155,27 +161,96 @@ def from_last_stage(values: Any, layout: ParallelLayout) -> Any:
     return payload[0]
 
 
+def split_mini_batches(seqs: list[Sequence], count: int) -> list[list[Sequence]]:
+    """The step's rows as ``count`` mini-batches (PPO), deterministically.
+
+    Units are kept whole: the samples of one prompt (a rollout group, sharing
+    :attr:`Sequence.group`) go to one mini-batch, each SFT target row is its own unit. Units
+    are dealt round-robin in list order (SFT rows, then PREF groups, then SFT-prompt rollout
+    groups), so every mini-batch gets its share of each kind. ``count`` 1: ``[seqs]``
+    unchanged. A mini-batch may be empty only when there are fewer units than ``count``.
+    """
+    if count == 1:
+        return [list(seqs)]
+    units: dict[tuple[int, int], list[Sequence]] = {}
+    for index, seq in enumerate(seqs):
+        key = (seq.group, -1) if seq.group >= 0 else (-1, index)
+        units.setdefault(key, []).append(seq)
+    parts: list[list[Sequence]] = [[] for _ in range(count)]
+    for position, unit in enumerate(units.values()):
+        parts[position % count].extend(unit)
+    return parts
+
+
+def attach_old_logprobs(policy: TrainableModel, batches: list[PolicyMicroBatch],
+                        cfg: UniaplConfig, layout: ParallelLayout) -> None:
+    """``old_logp`` = log π_old [b, s]: one no-grad pass of the policy's current weights over
+    the micro-batches that hold rollout rows (PREF or SFT_ROLLOUT: the clipped terms'
+    slices); the others get zeros, which their masks never read. Collective over the
+    model-parallel group; the values live on the last pipeline stage."""
+    for batch in batches:
+        batch.old_logp = torch.zeros_like(batch.loss_mask)
+    rollout_kinds = torch.tensor([int(RowKind.PREF), int(RowKind.SFT_ROLLOUT)])
+    batches = [b for b in batches if bool(torch.isin(b.row_kind, rollout_kinds).any())]
+    logps = forward_logprobs(policy.chunks, batches, layout, cfg.model.vocab_size,
+                             cfg.rollout.sampling.temperature, cfg.loss.logprob_chunk_tokens)
+    if logps is not None:
+        for batch, logp in zip(batches, logps, strict=True):
+            batch.old_logp = logp
+
+
+def combine_updates(found: list[dict[str, Any]]) -> dict[str, Any]:
+    """One step's metrics from its updates' metrics: ``*_max`` figures by max, the rest by
+    mean (M = E = 1: the one update's metrics unchanged); adds ``train/updates``."""
+    if len(found) == 1:
+        return {**found[0], "train/updates": 1.0}
+    out: dict[str, Any] = {}
+    for key in found[0]:
+        values = [f[key] for f in found]
+        out[key] = max(values) if key.endswith("_max") else sum(values) / len(values)
+    out["train/updates"] = float(len(found))
+    return out
+
+
 def update_policy(policy: TrainableModel, reference: Reference | None, seqs: list[Sequence],
                   stage: ResolvedStage, step: int, cfg: UniaplConfig, layout: ParallelLayout,
                   timer: PhaseTimer | None = None) -> tuple[dict[str, Any], StepBatches]:
-    """One optimizer step of ``stage`` on the step's sequences (collective).
+    """The optimizer updates of one step of ``stage`` on the step's sequences (collective):
+    ``train.mini_batches`` M mini-batches × ``train.epochs`` E passes.
 
     ``step``: the global step index (0-based) before the update. Returns the loss and
-    optimizer metrics (global values, on every rank) and this rank's micro-batches.
+    optimizer metrics (global values, on every rank; :func:`combine_updates` over the
+    updates) and this rank's micro-batches of the whole step.
     """
     timer = timer or PhaseTimer()
-    step_batches = plan_micro_batches(seqs, cfg, layout)
-    batches = step_batches.batches
+    parts = [plan_micro_batches(part, cfg, layout)
+             for part in split_mini_batches(seqs, cfg.train.mini_batches)]
     if stage.needs_reference:
         if reference is None:
             raise ValueError(f"stage {stage.name!r} needs the KL reference; none was built")
         with timer("ref_logprobs"):
-            reference.attach_logprobs(batches)
+            for part in parts:
+                reference.attach_logprobs(part.batches)
+    if cfg.train.updates_per_step > 1:
+        with timer("old_logprobs"):
+            for part in parts:
+                attach_old_logprobs(policy, part.batches, cfg, layout)
+    found = []
     with timer("train"):
-        denoms = step_denominators([b.loss_mask for b in batches], [b.row_kind for b in batches],
-                                   stage.loss.max_response_tokens, layout.dp_group())
-        found = policy_train_step(policy, batches, denoms, stage.loss, layout,
-                                  step=step - stage.start_step,
-                                  temperature=cfg.rollout.sampling.temperature,
-                                  vocab_size=cfg.model.vocab_size)
-    return from_last_stage(found, layout), step_batches
+        for _ in range(cfg.train.epochs):
+            for part in parts:
+                found.append(_one_update(policy, part.batches, stage, step, cfg, layout))
+    whole = StepBatches([b for part in parts for b in part.batches],
+                        sum(p.real_tokens for p in parts), sum(p.slot_tokens for p in parts))
+    return from_last_stage(combine_updates(found), layout), whole
+
+
+def _one_update(policy: TrainableModel, batches: list[PolicyMicroBatch], stage: ResolvedStage,
+                step: int, cfg: UniaplConfig, layout: ParallelLayout) -> dict[str, Any]:
+    """Loss + backward + optimizer step on one mini-batch, with its own global denominators."""
+    denoms = step_denominators([b.loss_mask for b in batches], [b.row_kind for b in batches],
+                               stage.loss.max_response_tokens, layout.dp_group())
+    return policy_train_step(policy, batches, denoms, stage.loss, layout,
+                             step=step - stage.start_step,
+                             temperature=cfg.rollout.sampling.temperature,
+                             vocab_size=cfg.model.vocab_size)
