@@ -181,8 +181,9 @@ def build_micro_batch(rows: Seq[Sequence], width: int, explicit_mask: bool,
         targets=targets, loss_mask=loss_mask,
         row_kind=torch.tensor([s.kind for s in rows], dtype=torch.long),
         attention_mask=causal_mask(width) if explicit_mask else None,
-        rollout_logp=rollout if rollout_logp else None, advantages=vec("advantage"), adv_advantages=vec("adv_advantage"),
-        rewards=vec("reward"), coef=vec("coef"), scores=vec("score"))
+        rollout_logp=rollout if rollout_logp else None, advantages=vec("advantage"),
+        adv_advantages=vec("adv_advantage"), rewards=vec("reward"), coef=vec("coef"),
+        scores=vec("score"))
 
 
 def micro_batches(seqs: Seq[Sequence], rows_per_micro_batch: int, width: int,
