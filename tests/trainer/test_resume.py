@@ -15,8 +15,10 @@ from ._train_bodies import TINY, comparable, read_records
 
 pytestmark = pytest.mark.slow
 
+#: with PPO mini-batches (π_old pass, an LR schedule stepped per update) and rollout IS
 RUN = [*TINY, "loss.objective=uniapl", "train.max_steps=5", "checkpoint.save_interval_steps=2",
-       "eval.interval_steps=2", "discriminator.role=trainable"]
+       "eval.interval_steps=2", "discriminator.role=trainable", "train.mini_batches=2",
+       "loss.rollout_is.level=token"]
 
 
 def _train(run_dir: Path, ray_address: str, fault: str | None = None,

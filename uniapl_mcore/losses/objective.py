@@ -169,10 +169,10 @@ def _rollout_correction(batch: PolicyBatch, old: torch.Tensor, denoms: StepDenom
                                             batch.slice_mask(RowKind.PREF), denoms.pref.tokens)
         out.add_metrics(summable)
         out.add_metrics(maxima, maxima=True)
-    if not cfg.rollout_is.enabled:
-        return None
-    rollout_logp = _required(batch.rollout_logp, "rollout_logp", "for rollout_is")
     rows = batch.slice_mask(RowKind.PREF) + batch.slice_mask(RowKind.SFT_ROLLOUT)
+    if not cfg.rollout_is.enabled or (batch.rollout_logp is None and not bool(rows.any())):
+        return None  # off, or a step without rollouts
+    rollout_logp = _required(batch.rollout_logp, "rollout_logp", "for rollout_is")
     found = rollout_is_weights(old, rollout_logp, rows, cfg.rollout_is)
     tokens = max(denoms.pref.tokens + denoms.sft_rollout.tokens, 1.0)
     out.add_metrics(detached({"rollout_is/weight_mean": found.weights.double().sum() / tokens,

@@ -243,12 +243,15 @@ def _shares(seqs: list[Sequence], dp: int, rows_per_micro_batch: int | None
 
 def step_micro_batches(seqs: list[Sequence], dp: int, dp_rank: int, explicit_mask: bool, *,
                        budget_tokens: int | None = None, rows_per_micro_batch: int = 1,
-                       pad_multiple: int = 1) -> StepBatches:
+                       pad_multiple: int = 1, rollout_logp: bool | None = None) -> StepBatches:
     """This DP rank's micro-batches of the step's (broadcast) ``seqs``.
 
     ``budget_tokens`` set: :func:`token_budget_plan` (widths rounded up to ``pad_multiple``);
     None: the common-width layout (``rows_per_micro_batch`` rows of :func:`step_width`),
     which pipeline parallelism needs. Every rank gets the same number of micro-batches.
+    ``rollout_logp``: attach the engines' log-probs to every micro-batch (None: when any row
+    of ``seqs`` has them; pass the step's answer when ``seqs`` is one PPO mini-batch, so that
+    every mini-batch reports the same metrics).
     """
     common = budget_tokens is None
     shares = _shares(seqs, dp, rows_per_micro_batch if common else None)
@@ -263,11 +266,16 @@ def step_micro_batches(seqs: list[Sequence], dp: int, dp_rank: int, explicit_mas
     real = sum(s.length for s in seqs if s.kind != RowKind.IGNORE)
     slots = sum(plan.slots for rank_plans in plans for plan in rank_plans)
     mine, share = plans[dp_rank], shares[dp_rank]
-    with_rollout = any(s.rollout_logprobs is not None for s in seqs)
+    with_rollout = has_rollout_logprobs(seqs) if rollout_logp is None else rollout_logp
     batches = [build_micro_batch([_ignore_row() if i == FILLER_ROW else share[i]
                                   for i in plan.rows], plan.width, explicit_mask, with_rollout)
                for plan in mine]
     return StepBatches(batches, real, slots)
+
+
+def has_rollout_logprobs(seqs: Seq[Sequence]) -> bool:
+    """Whether any row carries the engine's log-probs (the step has rollouts)."""
+    return any(s.rollout_logprobs is not None for s in seqs)
 
 
 def shard_for_rank(seqs: list[Sequence], dp_rank: int, dp: int) -> list[Sequence]:

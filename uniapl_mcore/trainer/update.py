@@ -30,7 +30,12 @@ from uniapl_mcore.megatron.model import (
 )
 from uniapl_mcore.runtime.parallel import ParallelLayout
 from uniapl_mcore.trainer.config import ResolvedStage, UniaplConfig
-from uniapl_mcore.trainer.experience import Sequence, StepBatches, step_micro_batches
+from uniapl_mcore.trainer.experience import (
+    Sequence,
+    StepBatches,
+    has_rollout_logprobs,
+    step_micro_batches,
+)
 from uniapl_mcore.trainer.forward import forward_logprobs
 from uniapl_mcore.trainer.policy_step import PolicyMicroBatch, policy_train_step
 
@@ -133,19 +138,20 @@ class Reference:
                 batch.ref_logp = logp
 
 
-def plan_micro_batches(seqs: list[Sequence], cfg: UniaplConfig,
-                       layout: ParallelLayout) -> StepBatches:
+def plan_micro_batches(seqs: list[Sequence], cfg: UniaplConfig, layout: ParallelLayout,
+                       rollout_logp: bool | None = None) -> StepBatches:
     """This rank's micro-batches: packed under ``data.micro_batch_tokens`` (each padded
     to its own longest row), or — with PP > 1, whose P2P sends need one shape —
     ``train.micro_batch_size`` rows of the step's common width. PREF rows come first
-    (only their micro-batches need reference log-probs)."""
+    (only their micro-batches need reference log-probs). ``rollout_logp``: see
+    :func:`~uniapl_mcore.trainer.experience.step_micro_batches`."""
     pipelined = layout.pp > 1
     return step_micro_batches(
         seqs, layout.dp, layout.dp_rank,
         explicit_mask=layout.device.type == "cpu",
         budget_tokens=None if pipelined else cfg.data.micro_batch_tokens,
         rows_per_micro_batch=cfg.train.micro_batch_size,
-        pad_multiple=cfg.data.pad_to_multiple_of)
+        pad_multiple=cfg.data.pad_to_multiple_of, rollout_logp=rollout_logp)
 
 
 def from_last_stage(values: Any, layout: ParallelLayout) -> Any:
@@ -164,21 +170,20 @@ def from_last_stage(values: Any, layout: ParallelLayout) -> Any:
 def split_mini_batches(seqs: list[Sequence], count: int) -> list[list[Sequence]]:
     """The step's rows as ``count`` mini-batches (PPO), deterministically.
 
-    Units are kept whole: the samples of one prompt (a rollout group, sharing
-    :attr:`Sequence.group`) go to one mini-batch, each SFT target row is its own unit. Units
-    are dealt round-robin in list order (SFT rows, then PREF groups, then SFT-prompt rollout
-    groups), so every mini-batch gets its share of each kind. ``count`` 1: ``[seqs]``
-    unchanged. A mini-batch may be empty only when there are fewer units than ``count``.
+    The rows of each kind (SFT targets, PREF rollouts, SFT-prompt rollouts) are dealt
+    round-robin in list order, each kind starting at mini-batch 0, so every mini-batch holds
+    its share of every slice (a kind with fewer rows than ``count`` is missing from the last
+    ones). Rows of one prompt group may land in different mini-batches: their advantages are
+    computed over the whole group before the split. ``count`` 1: ``[seqs]`` unchanged.
     """
     if count == 1:
         return [list(seqs)]
-    units: dict[tuple[int, int], list[Sequence]] = {}
-    for index, seq in enumerate(seqs):
-        key = (seq.group, -1) if seq.group >= 0 else (-1, index)
-        units.setdefault(key, []).append(seq)
     parts: list[list[Sequence]] = [[] for _ in range(count)]
-    for position, unit in enumerate(units.values()):
-        parts[position % count].extend(unit)
+    dealt: dict[int, int] = {}
+    for seq in seqs:
+        position = dealt.get(seq.kind, 0)
+        parts[position % count].append(seq)
+        dealt[seq.kind] = position + 1
     return parts
 
 
@@ -201,12 +206,13 @@ def attach_old_logprobs(policy: TrainableModel, batches: list[PolicyMicroBatch],
 
 def combine_updates(found: list[dict[str, Any]]) -> dict[str, Any]:
     """One step's metrics from its updates' metrics: ``*_max`` figures by max, the rest by
-    mean (M = E = 1: the one update's metrics unchanged); adds ``train/updates``."""
+    mean over the updates that report them (a term whose weight is 0 reports only where its
+    slice has rows); M = E = 1: the one update's metrics unchanged. Adds ``train/updates``."""
     if len(found) == 1:
         return {**found[0], "train/updates": 1.0}
     out: dict[str, Any] = {}
-    for key in found[0]:
-        values = [f[key] for f in found]
+    for key in dict.fromkeys(k for f in found for k in f):
+        values = [f[key] for f in found if key in f]
         out[key] = max(values) if key.endswith("_max") else sum(values) / len(values)
     out["train/updates"] = float(len(found))
     return out
@@ -223,7 +229,8 @@ def update_policy(policy: TrainableModel, reference: Reference | None, seqs: lis
     updates) and this rank's micro-batches of the whole step.
     """
     timer = timer or PhaseTimer()
-    parts = [plan_micro_batches(part, cfg, layout)
+    with_rollout = has_rollout_logprobs(seqs)
+    parts = [plan_micro_batches(part, cfg, layout, with_rollout)
              for part in split_mini_batches(seqs, cfg.train.mini_batches)]
     if stage.needs_reference:
         if reference is None:
