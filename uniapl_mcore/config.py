@@ -439,6 +439,21 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+#: YAML 1.1 words that PyYAML reads as booleans (``progress_bar: off`` is False).
+_YAML_TRUE_WORDS = ("on", "yes", "true", "y")
+_YAML_FALSE_WORDS = ("off", "no", "false", "n")
+
+
+def _yaml_bool_word(value: Any, choices: tuple[Any, ...]) -> Any:
+    """The choice a YAML boolean was spelt as, when ``choices`` hold exactly one word that
+    YAML reads as that boolean (``on``/``off``, ``yes``/``no``); else ``value`` unchanged."""
+    if not isinstance(value, bool) or value in choices:
+        return value
+    words = _YAML_TRUE_WORDS if value else _YAML_FALSE_WORDS
+    matches = [c for c in choices if isinstance(c, str) and c.lower() in words]
+    return matches[0] if len(matches) == 1 else value
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against annotation ``tp``; only int→float and "3e-4"→float convert."""
     origin = typing.get_origin(tp)
@@ -457,6 +472,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
+        value = _yaml_bool_word(value, choices)
         if value not in choices:
             raise ConfigError(path, f"must be one of {', '.join(map(repr, choices))}; "
                                     f"got {value!r}")

@@ -110,7 +110,8 @@ class EvalConfig:
 class LoggingConfig:
     """Where metrics go besides ``<run_dir>/metrics.jsonl``.
 
-    ``progress_bar``: ``auto`` (only on a terminal), ``on`` or ``off``; ``tensorboard``:
+    ``progress_bar``: ``auto`` (only on a terminal), ``on`` or ``off`` (YAML's boolean
+    spellings ``on``/``off``/``yes``/``no``/``true``/``false`` read as on/off); ``tensorboard``:
     event files under ``<run_dir>/tensorboard``; ``wandb_project``: log to Weights & Biases
     when set (needs the ``wandb`` package and a login).
     """

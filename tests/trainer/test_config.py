@@ -1,0 +1,38 @@
+"""The UniAPL run config: settings the trainer does not honour are refused at load, in one
+line naming the field; YAML spellings that mean a valid value are accepted."""
+
+from __future__ import annotations
+
+import pytest
+
+from uniapl_mcore.config import ConfigError, load_config
+from uniapl_mcore.trainer.config import UniaplConfig
+
+
+def _load(overrides: list[str]) -> UniaplConfig:
+    return load_config(None, overrides, cls=UniaplConfig)
+
+
+def _error(overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        _load(overrides)
+    text = str(info.value)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize(("spelling", "expected"), [
+    ("off", "off"), ("on", "on"), ("'off'", "off"), ("auto", "auto"), ("yes", "on"),
+    ("no", "off")])
+def test_progress_bar_accepts_yaml_booleans(tmp_path, spelling, expected):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"logging:\n  progress_bar: {spelling}\n")
+    assert load_config(path, cls=UniaplConfig).logging.progress_bar == expected
+    assert _load([f"logging.progress_bar={spelling}"]).logging.progress_bar == expected
+
+
+def test_progress_bar_still_refuses_other_values():
+    assert _error(["logging.progress_bar=sometimes"]) == (
+        "logging.progress_bar: must be one of 'auto', 'on', 'off'; got 'sometimes'")
+    assert _error(["logging.progress_bar=1"]) == (
+        "logging.progress_bar: must be one of 'auto', 'on', 'off'; got 1")
