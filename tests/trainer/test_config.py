@@ -36,3 +36,9 @@ def test_progress_bar_still_refuses_other_values():
         "logging.progress_bar: must be one of 'auto', 'on', 'off'; got 'sometimes'")
     assert _error(["logging.progress_bar=1"]) == (
         "logging.progress_bar: must be one of 'auto', 'on', 'off'; got 1")
+
+
+def test_data_packing_is_gone():
+    """The trainer packs rows by ``data.micro_batch_tokens`` itself; the old ``data.packing``
+    switch (thd / mask) changed nothing and is now an unknown key."""
+    assert _error(["data.packing=mask"]).startswith("data.packing: unknown key")
