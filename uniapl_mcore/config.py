@@ -527,7 +527,10 @@ def _over_section_default(f: dataclasses.Field, value: dict[str, Any]) -> dict[s
 
 
 def build_dataclass(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Strictly build dataclass ``cls`` from a mapping; errors name the dotted field."""
+    """Strictly build dataclass ``cls`` from a mapping; errors name the dotted field.
+
+    A key that is no field is an error; when the class's ``REMOVED_KEYS`` class attribute
+    (``{name: what to do instead}``) lists it, the error says why it went."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     names = list(fields)
@@ -536,6 +539,9 @@ def build_dataclass(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         if key in fields and isinstance(value, dict):
             value = _over_section_default(fields[key], value)
         path = f"{prefix}.{key}" if prefix else str(key)
+        removed = getattr(cls, "REMOVED_KEYS", {})
+        if key not in names and key in removed:
+            raise ConfigError(path, f"removed: {removed[key]}")
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
             hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close \

@@ -40,5 +40,7 @@ def test_progress_bar_still_refuses_other_values():
 
 def test_data_packing_is_gone():
     """The trainer packs rows by ``data.micro_batch_tokens`` itself; the old ``data.packing``
-    switch (thd / mask) changed nothing and is now an unknown key."""
-    assert _error(["data.packing=mask"]).startswith("data.packing: unknown key")
+    switch (thd / mask) changed nothing and is refused, saying so."""
+    assert _error(["data.packing=mask"]) == (
+        "data.packing: removed: the trainer packs each step's rows into micro-batches of at "
+        "most data.micro_batch_tokens padded tokens itself; delete the key")

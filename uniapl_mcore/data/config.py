@@ -7,7 +7,7 @@ import it. Units are in the names: ``*_tokens`` count tokenizer tokens, ``*_rows
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 #: The data formats :mod:`uniapl_mcore.data.formats` reads (kept in sync by a test).
 FORMAT_NAMES = ("ifeval", "ifbench", "argilla", "open_instruct", "autoif", "multi_if",
@@ -134,6 +134,11 @@ class DataConfig:
         cache_dir: ``datasets`` cache directory (None: its default).
         num_proc: worker processes for normalisation/tokenisation maps (None: in-process).
     """
+
+    #: keys that were removed, with what to do instead (read by ``config.build_dataclass``)
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "packing": "the trainer packs each step's rows into micro-batches of at most "
+                   "data.micro_batch_tokens padded tokens itself; delete the key"}
 
     sources: list[DataSourceConfig] = field(default_factory=list)
     eval_sources: list[DataSourceConfig] = field(default_factory=list)
