@@ -530,7 +530,8 @@ def build_dataclass(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Strictly build dataclass ``cls`` from a mapping; errors name the dotted field.
 
     A key that is no field is an error; when the class's ``REMOVED_KEYS`` class attribute
-    (``{name: what to do instead}``) lists it, the error says why it went."""
+    (``{name: what to do instead}``) lists it, the error says why it went. A value listed in
+    ``REMOVED_VALUES`` (``{field: {value: reason}}``) is refused with its reason."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     names = list(fields)
@@ -547,6 +548,9 @@ def build_dataclass(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close \
                 else f" (valid keys: {', '.join(names)})"
             raise ConfigError(path, f"unknown key{hint}")
+        refused = getattr(cls, "REMOVED_VALUES", {}).get(key, {})
+        if isinstance(value, str) and value in refused:
+            raise ConfigError(path, f"{value!r} is not available: {refused[value]}")
         kwargs[key] = _convert(value, hints[key], path)
     try:
         return cls(**kwargs)

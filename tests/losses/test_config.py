@@ -20,7 +20,6 @@ def test_paper_defaults():
     assert (cfg.adv_baseline, cfg.adv_injection, cfg.adv_reference) == \
         ("group_mean", "loss", "teacher")
     assert cfg.entropy_coef == 0.0 and cfg.alpha == 0.1
-    assert (cfg.dpo_beta, cfg.kto_beta, cfg.kto_lambda_d, cfg.kto_lambda_u) == (0.1, 0.1, 1, 1)
 
 
 def test_objective_dependent_defaults():

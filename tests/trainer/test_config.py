@@ -44,3 +44,30 @@ def test_data_packing_is_gone():
     assert _error(["data.packing=mask"]) == (
         "data.packing: removed: the trainer packs each step's rows into micro-batches of at "
         "most data.micro_batch_tokens padded tokens itself; delete the key")
+
+
+TRAINER_OBJECTIVES = "'sft', 'grpo', 'a_sft', 'a_grpo', 'uniapl', 'chord', 'a_chord'"
+
+
+@pytest.mark.parametrize("name", ["dpo", "kto"])
+def test_offline_objectives_are_refused_with_the_reason(name):
+    expected = (f"loss.objective: '{name}' is not available: DPO / KTO learn from offline "
+                "preference pairs, which the online trainer does not load (their losses are "
+                "functions in uniapl_mcore.losses.preference); use one of " + TRAINER_OBJECTIVES)
+    assert _error([f"loss.objective={name}"]) == expected
+    assert _error([f"stages=[{{objective: {name}, steps: 1}}]"]) == \
+        expected.replace("loss.objective", "stages[0].objective")
+
+
+def test_valid_objective_lists_name_no_offline_objective():
+    assert _error(["loss.objective=ppo"]) == \
+        f"loss.objective: must be one of {TRAINER_OBJECTIVES}; got 'ppo'"
+    assert _error(["stages=[{objective: ppo, steps: 1}]"]) == \
+        f"stages[0].objective: must be one of {TRAINER_OBJECTIVES}; got 'ppo'"
+
+
+@pytest.mark.parametrize("key", ["dpo_beta", "kto_beta", "kto_lambda_d", "kto_lambda_u"])
+def test_offline_objective_settings_are_refused(key):
+    assert _error([f"loss.{key}=0.2"]) == (
+        f"loss.{key}: removed: DPO / KTO are not objectives of the online trainer "
+        "(uniapl_mcore.losses.preference takes β and λ as arguments); delete the key")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from uniapl_mcore.config import check
 
-Objective = Literal["sft", "grpo", "a_sft", "a_grpo", "uniapl", "chord", "a_chord", "dpo", "kto"]
+Objective = Literal["sft", "grpo", "a_sft", "a_grpo", "uniapl", "chord", "a_chord"]
 AggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
                   "seq-mean-token-sum-norm"]
 KlEstimator = Literal["k1", "k2", "k3", "abs"]
@@ -31,6 +31,14 @@ SFT_WEIGHTINGS: tuple[str, ...] = typing.get_args(SftWeighting)
 ADV_BASELINES: tuple[str, ...] = typing.get_args(AdvBaseline)
 ADV_INJECTIONS: tuple[str, ...] = typing.get_args(AdvInjection)
 ADV_REFERENCES: tuple[str, ...] = typing.get_args(AdvReference)
+
+#: objective names refused with a reason (read by ``config.build_dataclass``)
+REMOVED_OBJECTIVES = {
+    name: "DPO / KTO learn from offline preference pairs, which the online trainer does not "
+          "load (their losses are functions in uniapl_mcore.losses.preference); use one of "
+          + ", ".join(map(repr, OBJECTIVES)) for name in ("dpo", "kto")}
+#: the DPO / KTO settings this section once had
+_PREFERENCE_KEYS = ("dpo_beta", "kto_beta", "kto_lambda_d", "kto_lambda_u")
 
 CHORD_OBJECTIVES = ("chord", "a_chord")
 #: objectives whose loss contains the adversarial term (when ``adv_injection == "loss"``)
@@ -79,7 +87,8 @@ class LossConfig:
 
     Attributes:
         objective: which loss to optimise (§6): ``sft``, ``grpo``, ``a_sft``, ``a_grpo``,
-            ``uniapl`` (Eq. 2), ``chord``, ``a_chord``, ``dpo``, ``kto``.
+            ``uniapl`` (Eq. 2), ``chord``, ``a_chord``. (DPO / KTO are sequence-level
+            functions in :mod:`uniapl_mcore.losses.preference`, not objectives here.)
         alpha: constant SFT-vs-preference weight α of the unified objective.
         mu_schedule: schedule for α (μ in CHORD). None: the CHORD example schedule for
             ``chord``/``a_chord``, constant ``alpha`` otherwise.
@@ -107,11 +116,16 @@ class LossConfig:
         kl_in_reward: subtract β·Σ_t k1 from the reward instead of adding a loss term.
         kl_straight_through: forward value of the estimator, gradient of k2 (veRL ``+``).
         entropy_coef: c_ent of the entropy bonus (default 0).
-        dpo_beta: β of DPO.
-        kto_beta, kto_lambda_d, kto_lambda_u: β, λ_D, λ_U of KTO.
         logprob_chunk_tokens: tokens per chunk of the vocab-parallel log-prob computation
             (bounds the fp32 working set to chunk × vocab/tp).
     """
+
+    #: removed keys and refused values, with the reason (read by ``config.build_dataclass``)
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        key: "DPO / KTO are not objectives of the online trainer "
+             "(uniapl_mcore.losses.preference takes β and λ as arguments); delete the key"
+        for key in _PREFERENCE_KEYS}
+    REMOVED_VALUES: ClassVar[dict[str, dict[str, str]]] = {"objective": REMOVED_OBJECTIVES}
 
     objective: Objective = "uniapl"
     alpha: float = 0.1
@@ -138,10 +152,6 @@ class LossConfig:
     kl_in_reward: bool = False
     kl_straight_through: bool = False
     entropy_coef: float = 0.0
-    dpo_beta: float = 0.1
-    kto_beta: float = 0.1
-    kto_lambda_d: float = 1.0
-    kto_lambda_u: float = 1.0
     logprob_chunk_tokens: int = 1024
 
     def __post_init__(self) -> None:
@@ -166,10 +176,6 @@ class LossConfig:
         check(self.adv_std_eps >= 0, "adv_std_eps", f"must be >= 0, got {self.adv_std_eps}")
         check(self.max_response_tokens > 0, "max_response_tokens",
               f"must be > 0, got {self.max_response_tokens}")
-        for name in ("dpo_beta", "kto_beta"):
-            check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
-        for name in ("kto_lambda_d", "kto_lambda_u"):
-            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         check(self.logprob_chunk_tokens > 0, "logprob_chunk_tokens",
               f"must be > 0, got {self.logprob_chunk_tokens}")
         check(not (self.kl_in_reward and self.kl_straight_through), "kl_straight_through",

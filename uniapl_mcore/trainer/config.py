@@ -9,12 +9,12 @@ tiny trainable discriminator) that ``uniapl train`` with no config starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 from uniapl_mcore.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig, check
 from uniapl_mcore.data.config import DataConfig, ToyTaskConfig
 from uniapl_mcore.discriminator.config import DiscriminatorConfig
-from uniapl_mcore.losses.config import OBJECTIVES, LossConfig
+from uniapl_mcore.losses.config import OBJECTIVES, REMOVED_OBJECTIVES, LossConfig
 from uniapl_mcore.rewards.config import RewardConfig
 from uniapl_mcore.rollout.config import RolloutConfig, SamplingConfig
 
@@ -46,7 +46,7 @@ class StageConfig:
     """One stage of a staged pipeline (e.g. SFT → A-GRPO), run one after another.
 
     Attributes:
-        objective: the stage's loss (``loss.objective`` values except dpo / kto).
+        objective: the stage's loss (a ``loss.objective`` value).
         steps: optimizer steps in the stage.
         lr: peak learning rate (None: ``optimizer.lr``).
         warmup_steps: LR warm-up of the stage (None: ``optimizer.warmup_steps``).
@@ -56,6 +56,9 @@ class StageConfig:
     schedule; the KL reference is reset to the weights at the stage's start.
     """
 
+    #: refused objective names, with the reason (read by ``config.build_dataclass``)
+    REMOVED_VALUES: ClassVar[dict[str, dict[str, str]]] = {"objective": REMOVED_OBJECTIVES}
+
     objective: str = "sft"
     steps: int = 1
     lr: float | None = None
@@ -63,9 +66,8 @@ class StageConfig:
     name: str = ""
 
     def __post_init__(self) -> None:
-        usable = [o for o in OBJECTIVES if o not in ("dpo", "kto")]
-        check(self.objective in usable, "objective",
-              f"must be one of {', '.join(map(repr, usable))}; got {self.objective!r}")
+        check(self.objective in OBJECTIVES, "objective",
+              f"must be one of {', '.join(map(repr, OBJECTIVES))}; got {self.objective!r}")
         check(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
         check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps",
@@ -160,9 +162,6 @@ class UniaplConfig(RunConfig):
         check(self.prompts_per_step > 0, "prompts_per_step", "must be > 0")
         check(self.sft_samples_per_prompt is None or self.sft_samples_per_prompt >= 1,
               "sft_samples_per_prompt", "must be >= 1")
-        check(self.loss.objective not in ("dpo", "kto"), "loss.objective",
-              "dpo / kto train on offline preference pairs, which the online trainer does not "
-              "load; use sft, grpo, a_sft, a_grpo, uniapl, chord or a_chord")
         longest = self.data.max_prompt_tokens + max(self.data.max_response_tokens,
                                                     self.rollout.sampling.max_new_tokens)
         check(longest <= self.model.max_position_embeddings, "model.max_position_embeddings",
