@@ -71,3 +71,70 @@ def test_offline_objective_settings_are_refused(key):
     assert _error([f"loss.{key}=0.2"]) == (
         f"loss.{key}: removed: DPO / KTO are not objectives of the online trainer "
         "(uniapl_mcore.losses.preference takes β and λ as arguments); delete the key")
+
+
+@pytest.mark.parametrize("injection", ["reward_raw", "reward_coef", "advantage"])
+def test_adv_injection_without_an_adversarial_objective_is_refused(injection):
+    usable = "a_grpo, uniapl, a_chord" if injection != "advantage" else \
+        "a_sft, a_grpo, uniapl, a_chord"
+    assert _error(["loss.objective=grpo", f"loss.adv_injection={injection}"]) == (
+        f"loss.adv_injection: '{injection}' needs an adversarial objective ({usable}); with "
+        "grpo no discriminator runs and it would change nothing")
+    staged = "stages=[{objective: sft, steps: 1}, {objective: chord, steps: 1}]"
+    assert "with sft, chord no discriminator runs" in _error(
+        [staged, f"loss.adv_injection={injection}"])
+    # one adversarial stage of a pipeline is enough: it uses the setting
+    _load(["stages=[{objective: sft, steps: 1}, {objective: a_grpo, steps: 1}]",
+           f"loss.adv_injection={injection}"])
+
+
+@pytest.mark.parametrize("injection", ["reward_raw", "reward_coef"])
+def test_reward_injections_refuse_a_sft(injection):
+    assert _error(["loss.objective=a_sft", f"loss.adv_injection={injection}"]) == (
+        f"loss.adv_injection: '{injection}' adds the discriminator signal to verifiable "
+        "rewards, which a_sft (no rewarded rollouts) does not have; use 'loss' or 'advantage'")
+
+
+def test_reward_injections_refuse_the_sft_rollout_term():
+    assert _error(["loss.objective=uniapl", "loss.adv_injection=reward_coef",
+                   "loss.adv_on_sft_rows=true"]) == (
+        "loss.adv_on_sft_rows: L_ADV|SFT needs adv_injection 'loss' or 'advantage': "
+        "'reward_coef' adds the discriminator signal to verifiable rewards, which student "
+        "rollouts of SFT prompts do not have")
+    # left unset, uniapl's default turns the term off under a reward injection
+    cfg = _load(["loss.objective=uniapl", "loss.adv_injection=reward_coef",
+                 "loss.adv_on_sft_rows=null"])
+    (stage,) = cfg.resolved_stages()
+    assert stage.needs_discriminator and not stage.needs_sft_rollouts
+
+
+@pytest.mark.parametrize("objective", ["a_sft", "uniapl"])
+def test_advantage_injection_keeps_the_sft_rollout_term(objective):
+    """Under ``advantage`` the SFT-prompt rollouts (no GRPO advantage to add to) keep their
+    separate L_ADV|SFT term: the trainer rolls them out, as under ``loss``."""
+    for injection in ("loss", "advantage"):
+        cfg = _load([f"loss.objective={objective}", f"loss.adv_injection={injection}",
+                     "loss.adv_on_sft_rows=true"])
+        (stage,) = cfg.resolved_stages()
+        assert stage.needs_sft_rollouts and stage.needs_discriminator
+        assert cfg.any_rl
+
+
+@pytest.mark.parametrize("section", ["parallel", "discriminator.parallel"])
+def test_context_parallelism_is_refused(section):
+    assert _error([f"{section}.context_parallel_size=2"]) == (
+        f"{section}.context_parallel_size: 2: the trainer does not split sequences over "
+        "context-parallel ranks (each would compute every token); use 1")
+
+
+def test_discriminator_expert_parallelism_is_refused():
+    assert _error(["discriminator.parallel.expert_parallel_size=2"]) == (
+        "discriminator.parallel.expert_parallel_size: 2: the discriminator runs one TP × PP "
+        "replica; use 1")
+
+
+def test_context_parallelism_stays_a_run_config_layout():
+    """The foundation's RunConfig (parity tools, layouts) still takes CP > 1."""
+    cfg = load_config(None, ["parallel.context_parallel_size=2"])
+    assert cfg.parallel.model_parallel_size == 2
+

@@ -31,6 +31,8 @@ SFT_WEIGHTINGS: tuple[str, ...] = typing.get_args(SftWeighting)
 ADV_BASELINES: tuple[str, ...] = typing.get_args(AdvBaseline)
 ADV_INJECTIONS: tuple[str, ...] = typing.get_args(AdvInjection)
 ADV_REFERENCES: tuple[str, ...] = typing.get_args(AdvReference)
+#: injections that add the discriminator signal to the verifiable reward (§5.4 ablations)
+REWARD_INJECTIONS = ("reward_raw", "reward_coef")
 
 #: objective names refused with a reason (read by ``config.build_dataclass``)
 REMOVED_OBJECTIVES = {
@@ -102,8 +104,10 @@ class LossConfig:
             ``advantage`` (Â += λ·Â_adv), ``reward_raw`` (R += w·r), ``reward_coef`` (R += w·c).
         adv_reward_weight: w of the reward-injection ablations.
         adv_reference: POLAR reference: ``teacher``, ``gt``, ``gt_delta`` (Δr = r − r_T).
-        adv_on_sft_rows: apply L_ADV|SFT on student rollouts of SFT prompts. None: True for
-            ``uniapl``/``a_sft``, False for ``a_chord``.
+        adv_on_sft_rows: apply L_ADV|SFT on student rollouts of SFT prompts (a separate term
+            under ``adv_injection`` ``loss`` and ``advantage``; the reward injections have no
+            reward there to add to, so they refuse true). None: True for ``uniapl``/``a_sft``
+            (False under a reward injection), False for ``a_chord``.
         clip_eps_low, clip_eps_high: PPO clip range [1 − low, 1 + high].
         dual_clip_c: dual-clip constant (> 1) for negative advantages; None disables.
         log_ratio_clamp: |log ρ| is clamped to this before exp (veRL: 20).
@@ -180,6 +184,10 @@ class LossConfig:
               f"must be > 0, got {self.logprob_chunk_tokens}")
         check(not (self.kl_in_reward and self.kl_straight_through), "kl_straight_through",
               "only applies to the in-loss KL; kl_in_reward is set")
+        check(not (self.adv_on_sft_rows and self.adv_injection in REWARD_INJECTIONS),
+              "adv_on_sft_rows", f"L_ADV|SFT needs adv_injection 'loss' or 'advantage': "
+              f"{self.adv_injection!r} adds the discriminator signal to verifiable rewards, "
+              "which student rollouts of SFT prompts do not have")
 
     # ------------------------------------------------------------------ resolved values
 
@@ -196,10 +204,12 @@ class LossConfig:
 
     @property
     def resolved_adv_on_sft_rows(self) -> bool:
-        """``adv_on_sft_rows``, or its objective default (off for ``a_chord``)."""
+        """``adv_on_sft_rows``, or its default: on for ``uniapl``/``a_sft`` unless a reward
+        injection is chosen (there is no reward on those rollouts), off otherwise."""
         if self.adv_on_sft_rows is not None:
             return self.adv_on_sft_rows
-        return self.objective in ("uniapl", "a_sft")
+        return self.objective in ("uniapl", "a_sft") and \
+            self.adv_injection not in REWARD_INJECTIONS
 
     @property
     def resolved_mu_schedule(self) -> MuScheduleConfig | None:
@@ -214,9 +224,10 @@ class LossConfig:
         return 0.0 if self.kl_in_reward else self.kl_coef
 
     @property
-    def adversarial_in_loss(self) -> bool:
-        """Whether the objective has a separate L_ADV term."""
-        return self.objective in ADVERSARIAL_OBJECTIVES and self.adv_injection == "loss"
+    def adversarial_on_sft_rollouts(self) -> bool:
+        """Whether the objective has L_ADV|SFT: the separate adversarial term on student
+        rollouts of SFT prompts (``adv_injection`` ``loss`` or ``advantage``)."""
+        return self.objective in ADVERSARIAL_OBJECTIVES and self.resolved_adv_on_sft_rows
 
     def alpha_at(self, step: int) -> float:
         """α (μ for CHORD) at optimizer step ``step``."""

@@ -52,7 +52,7 @@ def objective_weights(cfg: LossConfig, step: int = 0) -> ObjectiveWeights:
 
     ``sft`` (1, 0, 0, 0); ``grpo`` (0, 1, 0, 0); ``a_sft`` (1, 0, λ, 0); ``a_grpo``
     (0, 1, 0, λ); ``uniapl`` / ``a_chord`` (α, 1−α, αλ, (1−α)λ); ``chord`` (μ, 1−μ, 0, 0).
-    The adversarial-on-SFT weight is 0 unless ``resolved_adv_on_sft_rows``; the
+    The adversarial-on-SFT weight is 0 unless ``adversarial_on_sft_rollouts``; the
     adversarial-on-P weight is 0 unless ``adv_injection == "loss"``.
     """
     objective, lam = cfg.objective, cfg.lambda_adv
@@ -64,7 +64,7 @@ def objective_weights(cfg: LossConfig, step: int = 0) -> ObjectiveWeights:
         alpha = cfg.alpha_at(step)
         sft, pref = alpha, 1.0 - alpha
     adversarial = objective in ADVERSARIAL_OBJECTIVES
-    adv_sft = lam * sft if adversarial and cfg.resolved_adv_on_sft_rows else 0.0
+    adv_sft = lam * sft if cfg.adversarial_on_sft_rollouts else 0.0
     adv_pref = lam * pref if adversarial and cfg.adv_injection == "loss" else 0.0
     return ObjectiveWeights(sft, pref, adv_sft, adv_pref)
 
