@@ -526,6 +526,18 @@ def _over_section_default(f: dataclasses.Field, value: dict[str, Any]) -> dict[s
     return _deep_merge(dataclasses.asdict(default), value)
 
 
+def _section_error(err: ConfigError, prefix: str) -> ConfigError:
+    """``err`` of the section at ``prefix``, its path made whole. A sub-section that names its
+    fields relative to its parent (``rollout``'s ``weight_sync.``, ``vllm.``, ``sampling.``)
+    is not named twice (``rollout.vllm.max_model_len``, not ``rollout.vllm.vllm.…``)."""
+    if not prefix:
+        return err
+    parent, _, name = prefix.rpartition(".")
+    if err.field_path.startswith(f"{name}."):
+        return err.within(parent) if parent else err
+    return err.within(prefix)
+
+
 def build_dataclass(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Strictly build dataclass ``cls`` from a mapping; errors name the dotted field.
 
@@ -555,7 +567,7 @@ def build_dataclass(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        raise err.within(prefix) if prefix else err from None
+        raise _section_error(err, prefix) from None
     except ValueError as err:  # sections that validate with plain ValueError
         raise ConfigError(prefix, str(err)) from None
 

@@ -138,3 +138,16 @@ def test_context_parallelism_stays_a_run_config_layout():
     cfg = load_config(None, ["parallel.context_parallel_size=2"])
     assert cfg.parallel.model_parallel_size == 2
 
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("rollout.weight_sync.transport=nccl", "rollout.weight_sync.transport: 'nccl' is not wired "
+                                          "into the engine pool yet; use 'object_store'"),
+    ("rollout.weight_sync.bucket_bytes=5",
+     "rollout.weight_sync.bucket_bytes: must be >= 1 MiB, got 5"),
+    ("rollout.vllm.max_model_len=-1", "rollout.vllm.max_model_len: must be > 0, got -1"),
+    ("rollout.sampling.max_new_tokens=0", "rollout.sampling.max_new_tokens: must be >= 1, got 0"),
+])
+def test_rollout_subsection_errors_name_the_field_once(override, expected):
+    """The rollout sub-sections name fields relative to ``rollout``; loaded, the path is not
+    doubled (it read ``rollout.weight_sync.weight_sync.transport``)."""
+    assert _error([override]) == expected
