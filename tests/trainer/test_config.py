@@ -151,3 +151,11 @@ def test_rollout_subsection_errors_name_the_field_once(override, expected):
     """The rollout sub-sections name fields relative to ``rollout``; loaded, the path is not
     doubled (it read ``rollout.weight_sync.weight_sync.transport``)."""
     assert _error([override]) == expected
+
+
+def test_rollout_sampling_seed_is_refused():
+    """Requests are seeded from (train.seed, step, row); a section-wide seed did nothing."""
+    assert _error(["rollout.sampling.seed=3"]) == (
+        "rollout.sampling.seed: removed: rollouts are seeded per request (the trainer from "
+        "train.seed, the step and the row; generate_teacher from --seed and the row id); "
+        "delete the key")
