@@ -100,6 +100,10 @@ def test_override_values_are_yaml():
     (["--nproc-per-node", "3", "parallel.tensor_parallel_size=2"], "uniapl train: config error: "
      "parallel: world size 3 is not divisible by tensor_parallel_size × pipeline_parallel_size "
      "× context_parallel_size = 2"),
+    (["loss.objective=dpo"], "uniapl train: config error: loss.objective: 'dpo' is not "
+     "available: DPO / KTO learn from offline preference pairs, which the online trainer does "
+     "not load (their losses are functions in uniapl_mcore.losses.preference); use one of "
+     "'sft', 'grpo', 'a_sft', 'a_grpo', 'uniapl', 'chord', 'a_chord'"),
 ])
 def test_cli_reports_bad_config_in_one_line_before_starting(args, expected, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "uniapl_mcore.cli", "train", "--run-dir",

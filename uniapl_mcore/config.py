@@ -453,6 +453,21 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+#: YAML 1.1 words that PyYAML reads as booleans (``progress_bar: off`` is False).
+_YAML_TRUE_WORDS = ("on", "yes", "true", "y")
+_YAML_FALSE_WORDS = ("off", "no", "false", "n")
+
+
+def _yaml_bool_word(value: Any, choices: tuple[Any, ...]) -> Any:
+    """The choice a YAML boolean was spelt as, when ``choices`` hold exactly one word that
+    YAML reads as that boolean (``on``/``off``, ``yes``/``no``); else ``value`` unchanged."""
+    if not isinstance(value, bool) or value in choices:
+        return value
+    words = _YAML_TRUE_WORDS if value else _YAML_FALSE_WORDS
+    matches = [c for c in choices if isinstance(c, str) and c.lower() in words]
+    return matches[0] if len(matches) == 1 else value
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against annotation ``tp``; only int→float and "3e-4"→float convert."""
     origin = typing.get_origin(tp)
@@ -471,6 +486,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
+        value = _yaml_bool_word(value, choices)
         if value not in choices:
             raise ConfigError(path, f"must be one of {', '.join(map(repr, choices))}; "
                                     f"got {value!r}")
@@ -524,8 +540,24 @@ def _over_section_default(f: dataclasses.Field, value: dict[str, Any]) -> dict[s
     return _deep_merge(dataclasses.asdict(default), value)
 
 
+def _section_error(err: ConfigError, prefix: str) -> ConfigError:
+    """``err`` of the section at ``prefix``, its path made whole. A sub-section that names its
+    fields relative to its parent (``rollout``'s ``weight_sync.``, ``vllm.``, ``sampling.``)
+    is not named twice (``rollout.vllm.max_model_len``, not ``rollout.vllm.vllm.…``)."""
+    if not prefix:
+        return err
+    parent, _, name = prefix.rpartition(".")
+    if err.field_path.startswith(f"{name}."):
+        return err.within(parent) if parent else err
+    return err.within(prefix)
+
+
 def build_dataclass(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Strictly build dataclass ``cls`` from a mapping; errors name the dotted field."""
+    """Strictly build dataclass ``cls`` from a mapping; errors name the dotted field.
+
+    A key that is no field is an error; when the class's ``REMOVED_KEYS`` class attribute
+    (``{name: what to do instead}``) lists it, the error says why it went. A value listed in
+    ``REMOVED_VALUES`` (``{field: {value: reason}}``) is refused with its reason."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     names = list(fields)
@@ -534,16 +566,22 @@ def build_dataclass(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         if key in fields and isinstance(value, dict):
             value = _over_section_default(fields[key], value)
         path = f"{prefix}.{key}" if prefix else str(key)
+        removed = getattr(cls, "REMOVED_KEYS", {})
+        if key not in names and key in removed:
+            raise ConfigError(path, f"removed: {removed[key]}")
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
             hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close \
                 else f" (valid keys: {', '.join(names)})"
             raise ConfigError(path, f"unknown key{hint}")
+        refused = getattr(cls, "REMOVED_VALUES", {}).get(key, {})
+        if isinstance(value, str) and value in refused:
+            raise ConfigError(path, f"{value!r} is not available: {refused[value]}")
         kwargs[key] = _convert(value, hints[key], path)
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        raise err.within(prefix) if prefix else err from None
+        raise _section_error(err, prefix) from None
     except ValueError as err:  # sections that validate with plain ValueError
         raise ConfigError(prefix, str(err)) from None
 

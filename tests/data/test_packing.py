@@ -15,7 +15,6 @@ from uniapl_mcore.data.packing import (
     first_fit_decreasing,
     pack,
     padded_batch_stats,
-    resolve_packing_format,
 )
 from uniapl_mcore.testing import run_distributed
 
@@ -81,15 +80,6 @@ def test_thd_packed_seq_params():
     assert params.max_seqlen_q == params.max_seqlen_kv == 4
     (tight,), _ = pack(_items(), micro_batch_tokens=12, pad_id=0, fixed_length=False)
     assert tight.length == 9 and tight.cu_seqlens.tolist() == [0, 4, 7, 9]
-
-
-def test_packing_format_resolution():
-    if torch.cuda.is_available():
-        pytest.skip("depends on Transformer Engine on GPU machines")
-    assert resolve_packing_format("auto") == "mask"
-    assert resolve_packing_format("mask") == "mask"
-    with pytest.raises(RuntimeError, match="needs Transformer Engine"):
-        resolve_packing_format("thd")
 
 
 def test_item_validation():

@@ -54,10 +54,6 @@ def test_one_step_from_sampler_to_micro_batches(toy_bundle):
                           key=("pref", shard.pref[0])))
     batches, stats = pack(items, micro_batch_tokens=1024, pad_id=tokenizer_pad(toy_bundle))
     assert stats.sequences == len(items) and 0 <= stats.padding_share < 1
-    via_config, stats2, fmt = toy_bundle.pack(items, min_micro_batches=2)
-    assert len(via_config) == 2 and stats2.real_tokens == stats.real_tokens
-    if not torch.cuda.is_available():
-        assert fmt == "mask" and via_config[0].length == 1024
     tb = batches[0]
     assert tb.tokens.shape == tb.labels.shape == tb.loss_mask.shape == (1, 1024)
     assert tb.attention_mask().shape == (1, 1, 1024, 1024)

@@ -20,7 +20,6 @@ def test_paper_defaults():
     assert (cfg.adv_baseline, cfg.adv_injection, cfg.adv_reference) == \
         ("group_mean", "loss", "teacher")
     assert cfg.entropy_coef == 0.0 and cfg.alpha == 0.1
-    assert (cfg.dpo_beta, cfg.kto_beta, cfg.kto_lambda_d, cfg.kto_lambda_u) == (0.1, 0.1, 1, 1)
 
 
 def test_objective_dependent_defaults():
@@ -33,7 +32,14 @@ def test_objective_dependent_defaults():
     assert LossConfig(objective="a_chord", adv_on_sft_rows=True).resolved_adv_on_sft_rows
     assert LossConfig(objective="chord", sft_weighting="none").resolved_sft_weighting == "none"
     assert LossConfig(kl_in_reward=True).kl_coef_in_loss == 0.0
-    assert not LossConfig(adv_injection="reward_coef").adversarial_in_loss
+    assert LossConfig(adv_injection="advantage").adversarial_on_sft_rollouts
+    assert not LossConfig(adv_injection="reward_coef").adversarial_on_sft_rollouts
+    assert not LossConfig(objective="a_grpo").adversarial_on_sft_rollouts  # no SFT rows
+
+
+def test_reward_injections_refuse_the_sft_rollout_term():
+    with pytest.raises(ConfigError, match=r"^adv_on_sft_rows: L_ADV\|SFT needs adv_injection"):
+        LossConfig(adv_injection="reward_raw", adv_on_sft_rows=True)
 
 
 def test_mu_schedule_values():

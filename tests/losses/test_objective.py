@@ -268,6 +268,6 @@ def test_policy_batch_validation_and_sequence_objectives():
                         row_kind=torch.ones(2, dtype=torch.long))
     denoms = step_denominators([batch.mask], [batch.row_kind], T_MAX)
     with pytest.raises(ValueError, match="objective"):
-        objective_loss(batch, denoms, LossConfig(objective="dpo"))
+        LossConfig(objective="dpo")  # DPO / KTO are the functions in losses.preference
     with pytest.raises(ValueError, match="advantages"):
         objective_loss(batch, denoms, LossConfig(objective="grpo"))

@@ -22,7 +22,7 @@ _EXPORTS = {
     "MixedBatchSampler": "sampler", "GlobalBatch": "sampler", "RankBatch": "sampler",
     "PackItem": "packing", "PackedMicroBatch": "packing", "PackingStats": "packing",
     "pack": "packing", "first_fit_decreasing": "packing", "padded_batch_stats": "packing",
-    "resolve_packing_format": "packing", "block_causal_mask": "packing",
+    "block_causal_mask": "packing",
     "DataBundle": "pipeline", "build_data": "pipeline",
     "build_toy_task": "toy_task", "ToyTaskFiles": "toy_task",
     "train_tiny_tokenizer": "tiny_tokenizer", "build_tiny_tokenizer": "tiny_tokenizer",

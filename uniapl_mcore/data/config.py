@@ -7,7 +7,7 @@ import it. Units are in the names: ``*_tokens`` count tokenizer tokens, ``*_rows
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 #: The data formats :mod:`uniapl_mcore.data.formats` reads (kept in sync by a test).
 FORMAT_NAMES = ("ifeval", "ifbench", "argilla", "open_instruct", "autoif", "multi_if",
@@ -98,7 +98,7 @@ class ToyTaskConfig:
 
 @dataclass
 class DataConfig:
-    """The data pipeline: sources, templating, truncation, mixing and packing.
+    """The data pipeline: sources, templating, truncation, mixing and micro-batch size.
 
     Attributes:
         sources: training datasets; empty means the embedded toy task.
@@ -125,14 +125,20 @@ class DataConfig:
             ``skip`` it and count it.
         expert_fraction: α, the share of SFT rows in each global batch (the rest are
             preference rows); the long-run share is exact.
-        micro_batch_tokens: token budget of one packed micro-batch.
-        packing: ``thd`` (Megatron PackedSeqParams; Transformer Engine attention), ``mask``
-            (one row, block-diagonal causal mask; the local CPU attention), or ``auto``.
-        pad_to_multiple_of: THD micro-batches are padded to a multiple of this many tokens.
+        micro_batch_tokens: token budget of one training micro-batch: the trainer groups a
+            step's rows so that rows × padded width stays within it (pipeline parallel
+            size 1; see :mod:`uniapl_mcore.trainer.experience`).
+        pad_to_multiple_of: micro-batch widths (tokens) are rounded up to a multiple of this
+            (16 for FP8 GEMMs).
         shuffle: shuffle each pool every epoch (seeded); False keeps file order.
         cache_dir: ``datasets`` cache directory (None: its default).
         num_proc: worker processes for normalisation/tokenisation maps (None: in-process).
     """
+
+    #: keys that were removed, with what to do instead (read by ``config.build_dataclass``)
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "packing": "the trainer packs each step's rows into micro-batches of at most "
+                   "data.micro_batch_tokens padded tokens itself; delete the key"}
 
     sources: list[DataSourceConfig] = field(default_factory=list)
     eval_sources: list[DataSourceConfig] = field(default_factory=list)
@@ -149,7 +155,6 @@ class DataConfig:
     on_bad_row: Literal["fail", "skip"] = "fail"
     expert_fraction: float = 0.2
     micro_batch_tokens: int = 8192
-    packing: Literal["auto", "thd", "mask"] = "auto"
     pad_to_multiple_of: int = 1
     shuffle: bool = True
     cache_dir: str | None = None

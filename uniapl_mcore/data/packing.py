@@ -270,13 +270,3 @@ def thd_supported() -> bool:
     except ImportError:
         return False
     return True
-
-
-def resolve_packing_format(requested: str) -> str:
-    """``auto`` → ``thd`` where supported, else ``mask``; ``thd`` without support is an error."""
-    if requested == "auto":
-        return "thd" if thd_supported() else "mask"
-    if requested == "thd" and not thd_supported():
-        raise RuntimeError("data.packing=thd needs Transformer Engine attention on CUDA; "
-                           "use packing=mask (explicit per-sequence masks) or auto")
-    return requested

@@ -11,7 +11,9 @@ two pools the mixed sampler draws from:
 The trainer then asks :meth:`DataBundle.sampler` for global batches, shards them over
 data-parallel ranks, turns SFT indices into :class:`PackItem` s
 (:meth:`DataBundle.sft_items`) and PREF indices into rows + prompt ids for rollouts
-(:meth:`DataBundle.pref_rows`, :meth:`DataBundle.prompt_ids`), and packs.
+(:meth:`DataBundle.pref_rows`, :meth:`DataBundle.prompt_ids`). The trainer cuts each
+step's rows into micro-batches itself (``data.micro_batch_tokens``,
+:mod:`uniapl_mcore.trainer.experience`).
 """
 
 from __future__ import annotations
@@ -32,13 +34,7 @@ from uniapl_mcore.data.loaders import (
     load_source,
     reason_kind,
 )
-from uniapl_mcore.data.packing import (
-    PackedMicroBatch,
-    PackingStats,
-    PackItem,
-    pack,
-    resolve_packing_format,
-)
+from uniapl_mcore.data.packing import PackItem
 from uniapl_mcore.data.sampler import MixedBatchSampler
 from uniapl_mcore.data.schema import DataError, Row
 from uniapl_mcore.data.templating import (
@@ -242,23 +238,6 @@ class DataBundle:
         """Prompt token ids (for rollouts) of ``pool`` ("sft" or "pref") indices."""
         rows = (self.sft_pool if pool == "sft" else self.pref_pool)[list(pool_indices)]
         return [r["prompt_ids"] for r in self._select(rows, ["prompt_ids"])]
-
-    def pack(self, items: Sequence[PackItem], min_micro_batches: int = 0
-             ) -> tuple[list[PackedMicroBatch], PackingStats, str]:
-        """Pack ``items`` per the config: (micro-batches, stats, format "thd" | "mask").
-
-        ``mask``: fixed-length micro-batches of ``micro_batch_tokens`` (use
-        ``attention_mask()``); ``thd``: content rounded up to ``pad_to_multiple_of`` (use
-        ``packed_seq_params()``). Padding uses the tokenizer's pad token.
-        """
-        fmt = resolve_packing_format(self.config.packing)
-        tok = self.templater.tokenizer
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.templater.eot_id
-        batches, stats = pack(items, self.config.micro_batch_tokens, pad_id,
-                              fixed_length=fmt == "mask",
-                              pad_to_multiple_of=self.config.pad_to_multiple_of,
-                              min_micro_batches=min_micro_batches)
-        return batches, stats, fmt
 
     def eval_rows(self) -> list[Row]:
         """Held-out rows."""

@@ -93,9 +93,10 @@ def check_agg_mode(mode: str) -> None:
 def slice_counts(mask: torch.Tensor, row_kind: torch.Tensor) -> torch.Tensor:
     """float64 [3, 2]: (Σ mask, rows) of this micro-batch for SFT, PREF and SFT_ROLLOUT.
 
-    mask: [b, t] loss mask; row_kind: int [b] of :class:`RowKind` values.
+    mask: [b, t] loss mask (0/1 or bool); row_kind: int [b] of :class:`RowKind` values.
     """
     check_row_shapes(mask, row_kind)
+    check_binary_mask(mask)
     tokens_per_row = mask.double().sum(dim=-1)
     counts = torch.zeros(3, 2, dtype=torch.float64, device=mask.device)
     for kind in (RowKind.SFT, RowKind.PREF, RowKind.SFT_ROLLOUT):
@@ -139,6 +140,20 @@ def check_row_shapes(mask: torch.Tensor, row_kind: torch.Tensor) -> None:
                          f"{tuple(row_kind.shape)}")
 
 
+def check_binary_mask(mask: torch.Tensor) -> None:
+    """Refuse a loss mask holding values other than 0 and 1 (bool masks pass unchecked).
+
+    The sums count a token where ``mask`` is non-zero and the denominators add its value, so
+    a fractional weight (0.5) would count fully in one and half in the other. One reduction
+    (and, on a GPU, one host sync) per call.
+    """
+    if mask.dtype == torch.bool:
+        return
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("mask: must hold only 0 and 1 (or be bool); weight tokens through "
+                         "the per-token values, not the mask")
+
+
 def at_least_fp32(values: torch.Tensor) -> torch.Tensor:
     """``values`` in fp32, or unchanged when already fp64 (loss math never runs below fp32)."""
     return values if values.dtype == torch.float64 else values.float()
@@ -169,6 +184,7 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str,
         raise ValueError(f"mask: shape {tuple(mask.shape)} does not match the per-token loss "
                          f"{tuple(per_token.shape)}")
     check_agg_mode(mode)
+    check_binary_mask(mask)
     values = masked(at_least_fp32(per_token), mask)
     if mode == "seq-mean-token-mean":
         row_tokens = mask.float().sum(dim=-1).clamp(min=1.0)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from uniapl_mcore.config import check
 
-Objective = Literal["sft", "grpo", "a_sft", "a_grpo", "uniapl", "chord", "a_chord", "dpo", "kto"]
+Objective = Literal["sft", "grpo", "a_sft", "a_grpo", "uniapl", "chord", "a_chord"]
 AggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
                   "seq-mean-token-sum-norm"]
 KlEstimator = Literal["k1", "k2", "k3", "abs"]
@@ -35,6 +35,16 @@ ADV_INJECTIONS: tuple[str, ...] = typing.get_args(AdvInjection)
 ADV_REFERENCES: tuple[str, ...] = typing.get_args(AdvReference)
 ROLLOUT_IS_LEVELS: tuple[str, ...] = typing.get_args(RolloutISLevel)
 ROLLOUT_IS_MODES: tuple[str, ...] = typing.get_args(RolloutISMode)
+#: injections that add the discriminator signal to the verifiable reward (§5.4 ablations)
+REWARD_INJECTIONS = ("reward_raw", "reward_coef")
+
+#: objective names refused with a reason (read by ``config.build_dataclass``)
+REMOVED_OBJECTIVES = {
+    name: "DPO / KTO learn from offline preference pairs, which the online trainer does not "
+          "load (their losses are functions in uniapl_mcore.losses.preference); use one of "
+          + ", ".join(map(repr, OBJECTIVES)) for name in ("dpo", "kto")}
+#: the DPO / KTO settings this section once had
+_PREFERENCE_KEYS = ("dpo_beta", "kto_beta", "kto_lambda_d", "kto_lambda_u")
 
 CHORD_OBJECTIVES = ("chord", "a_chord")
 #: objectives whose loss contains the adversarial term (when ``adv_injection == "loss"``)
@@ -108,7 +118,8 @@ class LossConfig:
 
     Attributes:
         objective: which loss to optimise (§6): ``sft``, ``grpo``, ``a_sft``, ``a_grpo``,
-            ``uniapl`` (Eq. 2), ``chord``, ``a_chord``, ``dpo``, ``kto``.
+            ``uniapl`` (Eq. 2), ``chord``, ``a_chord``. (DPO / KTO are sequence-level
+            functions in :mod:`uniapl_mcore.losses.preference`, not objectives here.)
         alpha: constant SFT-vs-preference weight α of the unified objective.
         mu_schedule: schedule for α (μ in CHORD). None: the CHORD example schedule for
             ``chord``/``a_chord``, constant ``alpha`` otherwise.
@@ -122,8 +133,10 @@ class LossConfig:
             ``advantage`` (Â += λ·Â_adv), ``reward_raw`` (R += w·r), ``reward_coef`` (R += w·c).
         adv_reward_weight: w of the reward-injection ablations.
         adv_reference: POLAR reference: ``teacher``, ``gt``, ``gt_delta`` (Δr = r − r_T).
-        adv_on_sft_rows: apply L_ADV|SFT on student rollouts of SFT prompts. None: True for
-            ``uniapl``/``a_sft``, False for ``a_chord``.
+        adv_on_sft_rows: apply L_ADV|SFT on student rollouts of SFT prompts (a separate term
+            under ``adv_injection`` ``loss`` and ``advantage``; the reward injections have no
+            reward there to add to, so they refuse true). None: True for ``uniapl``/``a_sft``
+            (False under a reward injection), False for ``a_chord``.
         clip_eps_low, clip_eps_high: PPO clip range [1 − low, 1 + high].
         dual_clip_c: dual-clip constant (> 1) for negative advantages; None disables.
         log_ratio_clamp: |log ρ| is clamped to this before exp (veRL: 20).
@@ -136,12 +149,17 @@ class LossConfig:
         kl_in_reward: subtract β·Σ_t k1 from the reward instead of adding a loss term.
         kl_straight_through: forward value of the estimator, gradient of k2 (veRL ``+``).
         entropy_coef: c_ent of the entropy bonus (default 0).
-        dpo_beta: β of DPO.
-        kto_beta, kto_lambda_d, kto_lambda_u: β, λ_D, λ_U of KTO.
         logprob_chunk_tokens: tokens per chunk of the vocab-parallel log-prob computation
             (bounds the fp32 working set to chunk × vocab/tp).
         rollout_is: rollout importance sampling (:class:`RolloutISConfig`).
     """
+
+    #: removed keys and refused values, with the reason (read by ``config.build_dataclass``)
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        key: "DPO / KTO are not objectives of the online trainer "
+             "(uniapl_mcore.losses.preference takes β and λ as arguments); delete the key"
+        for key in _PREFERENCE_KEYS}
+    REMOVED_VALUES: ClassVar[dict[str, dict[str, str]]] = {"objective": REMOVED_OBJECTIVES}
 
     objective: Objective = "uniapl"
     alpha: float = 0.1
@@ -168,10 +186,6 @@ class LossConfig:
     kl_in_reward: bool = False
     kl_straight_through: bool = False
     entropy_coef: float = 0.0
-    dpo_beta: float = 0.1
-    kto_beta: float = 0.1
-    kto_lambda_d: float = 1.0
-    kto_lambda_u: float = 1.0
     logprob_chunk_tokens: int = 1024
     rollout_is: RolloutISConfig = field(default_factory=RolloutISConfig)
 
@@ -197,14 +211,14 @@ class LossConfig:
         check(self.adv_std_eps >= 0, "adv_std_eps", f"must be >= 0, got {self.adv_std_eps}")
         check(self.max_response_tokens > 0, "max_response_tokens",
               f"must be > 0, got {self.max_response_tokens}")
-        for name in ("dpo_beta", "kto_beta"):
-            check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
-        for name in ("kto_lambda_d", "kto_lambda_u"):
-            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         check(self.logprob_chunk_tokens > 0, "logprob_chunk_tokens",
               f"must be > 0, got {self.logprob_chunk_tokens}")
         check(not (self.kl_in_reward and self.kl_straight_through), "kl_straight_through",
               "only applies to the in-loss KL; kl_in_reward is set")
+        check(not (self.adv_on_sft_rows and self.adv_injection in REWARD_INJECTIONS),
+              "adv_on_sft_rows", f"L_ADV|SFT needs adv_injection 'loss' or 'advantage': "
+              f"{self.adv_injection!r} adds the discriminator signal to verifiable rewards, "
+              "which student rollouts of SFT prompts do not have")
 
     # ------------------------------------------------------------------ resolved values
 
@@ -221,10 +235,12 @@ class LossConfig:
 
     @property
     def resolved_adv_on_sft_rows(self) -> bool:
-        """``adv_on_sft_rows``, or its objective default (off for ``a_chord``)."""
+        """``adv_on_sft_rows``, or its default: on for ``uniapl``/``a_sft`` unless a reward
+        injection is chosen (there is no reward on those rollouts), off otherwise."""
         if self.adv_on_sft_rows is not None:
             return self.adv_on_sft_rows
-        return self.objective in ("uniapl", "a_sft")
+        return self.objective in ("uniapl", "a_sft") and \
+            self.adv_injection not in REWARD_INJECTIONS
 
     @property
     def resolved_mu_schedule(self) -> MuScheduleConfig | None:
@@ -239,9 +255,10 @@ class LossConfig:
         return 0.0 if self.kl_in_reward else self.kl_coef
 
     @property
-    def adversarial_in_loss(self) -> bool:
-        """Whether the objective has a separate L_ADV term."""
-        return self.objective in ADVERSARIAL_OBJECTIVES and self.adv_injection == "loss"
+    def adversarial_on_sft_rollouts(self) -> bool:
+        """Whether the objective has L_ADV|SFT: the separate adversarial term on student
+        rollouts of SFT prompts (``adv_injection`` ``loss`` or ``advantage``)."""
+        return self.objective in ADVERSARIAL_OBJECTIVES and self.resolved_adv_on_sft_rows
 
     def alpha_at(self, step: int) -> float:
         """α (μ for CHORD) at optimizer step ``step``."""

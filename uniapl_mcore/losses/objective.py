@@ -52,21 +52,20 @@ def objective_weights(cfg: LossConfig, step: int = 0) -> ObjectiveWeights:
     """The weight of each part at optimizer ``step`` for ``cfg.objective``.
 
     ``sft`` (1, 0, 0, 0); ``grpo`` (0, 1, 0, 0); ``a_sft`` (1, 0, λ, 0); ``a_grpo``
-    (0, 1, 0, λ); ``uniapl`` / ``a_chord`` (α, 1−α, αλ, (1−α)λ); ``chord`` (μ, 1−μ, 0, 0);
-    ``dpo`` / ``kto`` (0, 1, 0, 0) with their own preference term (see ``preference``).
-    The adversarial-on-SFT weight is 0 unless ``resolved_adv_on_sft_rows``; the
+    (0, 1, 0, λ); ``uniapl`` / ``a_chord`` (α, 1−α, αλ, (1−α)λ); ``chord`` (μ, 1−μ, 0, 0).
+    The adversarial-on-SFT weight is 0 unless ``adversarial_on_sft_rollouts``; the
     adversarial-on-P weight is 0 unless ``adv_injection == "loss"``.
     """
     objective, lam = cfg.objective, cfg.lambda_adv
     if objective in ("sft", "a_sft"):
         sft, pref = 1.0, 0.0
-    elif objective in ("grpo", "a_grpo", "dpo", "kto"):
+    elif objective in ("grpo", "a_grpo"):
         sft, pref = 0.0, 1.0
     else:  # uniapl, chord, a_chord
         alpha = cfg.alpha_at(step)
         sft, pref = alpha, 1.0 - alpha
     adversarial = objective in ADVERSARIAL_OBJECTIVES
-    adv_sft = lam * sft if adversarial and cfg.resolved_adv_on_sft_rows else 0.0
+    adv_sft = lam * sft if cfg.adversarial_on_sft_rollouts else 0.0
     adv_pref = lam * pref if adversarial and cfg.adv_injection == "loss" else 0.0
     return ObjectiveWeights(sft, pref, adv_sft, adv_pref)
 
@@ -202,9 +201,6 @@ def objective_loss(batch: PolicyBatch, denoms: StepDenominators, cfg: LossConfig
     ``objective/<part>_weighted`` and per-slice row statistics (``sft/``, ``pref/``,
     ``sft_rollout/``: rows, response length, reward / advantage / coef / score means).
     """
-    if cfg.objective in ("dpo", "kto"):
-        raise ValueError(f"objective: {cfg.objective!r} is sequence-level; use "
-                         "uniapl_mcore.losses.preference")
     weights = objective_weights(cfg, step)
     out = TermOutput(batch.logp.sum() * 0.0)  # keeps the graph connected for empty batches
     old = batch.old_logp if batch.old_logp is not None else batch.logp.detach()

@@ -7,7 +7,7 @@ with a message naming the field (relative to the ``rollout`` section).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from uniapl_mcore.config import DTYPES, ConfigError, check
 from uniapl_mcore.rollout.types import SamplingParams
@@ -15,7 +15,15 @@ from uniapl_mcore.rollout.types import SamplingParams
 
 @dataclass
 class SamplingConfig:
-    """Default sampling for rollouts (per-request ``SamplingParams`` are built from it)."""
+    """Default sampling for rollouts (per-request ``SamplingParams`` are built from it).
+
+    There is no seed here: every request gets its own (the trainer's from ``train.seed``, the
+    step and the row, so a resumed run samples what an uninterrupted one would)."""
+
+    #: removed keys, with what to do instead (read by ``config.build_dataclass``)
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "seed": "rollouts are seeded per request (the trainer from train.seed, the step and "
+                "the row; generate_teacher from --seed and the row id); delete the key"}
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -23,7 +31,6 @@ class SamplingConfig:
     max_new_tokens: int = 512
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
-    seed: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -33,11 +40,11 @@ class SamplingConfig:
             raise ConfigError(path, err.message) from None
 
     def params(self, n: int, seed: int | None = None) -> SamplingParams:
-        """``SamplingParams`` for ``n`` samples (``seed`` overrides the configured one)."""
+        """``SamplingParams`` for ``n`` samples, seeded with ``seed``."""
         return SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p,
                               top_k=self.top_k, max_tokens=self.max_new_tokens,
                               stop=tuple(self.stop), stop_token_ids=tuple(self.stop_token_ids),
-                              seed=self.seed if seed is None else seed)
+                              seed=seed)
 
 
 @dataclass
@@ -110,6 +117,11 @@ class WeightSyncConfig:
     with the trainer's every step (``mismatch/`` metrics, ``specs/objective.md`` §3.9).
     """
 
+    #: removed keys, with what to do instead (read by ``config.build_dataclass``)
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "check_logprobs_every_steps": "the trainer compares the engines' log-probs with its "
+                                      "own every step (mismatch/ metrics); delete the key"}
+
     transport: Literal["object_store", "nccl"] = "object_store"
     bucket_bytes: int = 512 * 1024**2
     keep_weights_for_restart: bool = True
@@ -135,6 +147,12 @@ class RolloutConfig:
     granularity for load balancing and retries). ``max_retries``: attempts per call after an
     engine failure. ``dtype``: engine weights (the trainer's HF dtype by default).
     """
+
+    #: removed keys, with what to do instead (read by ``config.build_dataclass``)
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "mismatch": "the engine/trainer log-prob mismatch is measured every step (mismatch/ "
+                    "metrics) and corrected by loss.rollout_is (level, mode, cap); delete the "
+                    "key"}
 
     engine: Literal["torch", "vllm"] = "torch"
     num_engines: int = 1

@@ -9,12 +9,18 @@ tiny trainable discriminator) that ``uniapl train`` with no config starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 from uniapl_mcore.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig, check
 from uniapl_mcore.data.config import DataConfig, ToyTaskConfig
 from uniapl_mcore.discriminator.config import DiscriminatorConfig
-from uniapl_mcore.losses.config import OBJECTIVES, LossConfig
+from uniapl_mcore.losses.config import (
+    ADVERSARIAL_OBJECTIVES,
+    OBJECTIVES,
+    REMOVED_OBJECTIVES,
+    REWARD_INJECTIONS,
+    LossConfig,
+)
 from uniapl_mcore.rewards.config import RewardConfig
 from uniapl_mcore.rollout.config import RolloutConfig, SamplingConfig
 
@@ -46,7 +52,7 @@ class StageConfig:
     """One stage of a staged pipeline (e.g. SFT → A-GRPO), run one after another.
 
     Attributes:
-        objective: the stage's loss (``loss.objective`` values except dpo / kto).
+        objective: the stage's loss (a ``loss.objective`` value).
         steps: optimizer steps in the stage.
         lr: peak learning rate (None: ``optimizer.lr``).
         warmup_steps: LR warm-up of the stage (None: ``optimizer.warmup_steps``).
@@ -56,6 +62,9 @@ class StageConfig:
     schedule; the KL reference is reset to the weights at the stage's start.
     """
 
+    #: refused objective names, with the reason (read by ``config.build_dataclass``)
+    REMOVED_VALUES: ClassVar[dict[str, dict[str, str]]] = {"objective": REMOVED_OBJECTIVES}
+
     objective: str = "sft"
     steps: int = 1
     lr: float | None = None
@@ -63,9 +72,8 @@ class StageConfig:
     name: str = ""
 
     def __post_init__(self) -> None:
-        usable = [o for o in OBJECTIVES if o not in ("dpo", "kto")]
-        check(self.objective in usable, "objective",
-              f"must be one of {', '.join(map(repr, usable))}; got {self.objective!r}")
+        check(self.objective in OBJECTIVES, "objective",
+              f"must be one of {', '.join(map(repr, OBJECTIVES))}; got {self.objective!r}")
         check(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
         check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps",
@@ -110,7 +118,8 @@ class EvalConfig:
 class LoggingConfig:
     """Where metrics go besides ``<run_dir>/metrics.jsonl``.
 
-    ``progress_bar``: ``auto`` (only on a terminal), ``on`` or ``off``; ``tensorboard``:
+    ``progress_bar``: ``auto`` (only on a terminal), ``on`` or ``off`` (YAML's boolean
+    spellings ``on``/``off``/``yes``/``no``/``true``/``false`` read as on/off); ``tensorboard``:
     event files under ``<run_dir>/tensorboard``; ``wandb_project``: log to Weights & Biases
     when set (needs the ``wandb`` package and a login).
     """
@@ -162,9 +171,6 @@ class UniaplConfig(RunConfig):
         check(self.train.mini_batches <= self.prompts_per_step, "train.mini_batches",
               f"{self.train.mini_batches} mini-batches cannot each get a prompt of the "
               f"{self.prompts_per_step} drawn per step (prompts_per_step)")
-        check(self.loss.objective not in ("dpo", "kto"), "loss.objective",
-              "dpo / kto train on offline preference pairs, which the online trainer does not "
-              "load; use sft, grpo, a_sft, a_grpo, uniapl, chord or a_chord")
         longest = self.data.max_prompt_tokens + max(self.data.max_response_tokens,
                                                     self.rollout.sampling.max_new_tokens)
         check(longest <= self.model.max_position_embeddings, "model.max_position_embeddings",
@@ -180,12 +186,14 @@ class UniaplConfig(RunConfig):
         check(not self.model.fp8.enabled or self.data.pad_to_multiple_of % 16 == 0,
               "data.pad_to_multiple_of", f"FP8 GEMMs need token counts in multiples of 16: "
                                          f"set 16 (got {self.data.pad_to_multiple_of})")
+        self._check_parallel()
         for section, parallel in (("parallel", self.parallel),
                                   ("discriminator.parallel", self.discriminator.parallel)):
             check(not parallel.overlap_param_gather, f"{section}.overlap_param_gather",
                   "not supported by the online trainer: it reads the weights right after each "
                   "optimizer step (weight sync, checkpoints), before a forward pass would "
                   "finish the deferred all-gather; use overlap_grad_reduce alone")
+        self._check_adv_injection()
         for stage in self.resolved_stages():
             check(stage.objective != "a_sft" or stage.loss.resolved_adv_on_sft_rows,
                   "loss.adv_on_sft_rows", "a_sft's adversarial term acts on student rollouts "
@@ -196,6 +204,36 @@ class UniaplConfig(RunConfig):
         check(self.rollout.samples_per_prompt >= 2 or not self.any_rl,
               "rollout.samples_per_prompt",
               "GRPO needs at least 2 samples per prompt (group baseline)")
+
+    def _check_parallel(self) -> None:
+        """Layouts the trainer builds groups for but does not use: context parallelism (no
+        sequence is split over CP ranks) and the discriminator's expert parallelism (it runs
+        one TP × PP replica)."""
+        for section, parallel in (("parallel", self.parallel),
+                                  ("discriminator.parallel", self.discriminator.parallel)):
+            check(parallel.context_parallel_size == 1, f"{section}.context_parallel_size",
+                  f"{parallel.context_parallel_size}: the trainer does not split sequences over "
+                  "context-parallel ranks (each would compute every token); use 1")
+        ep = self.discriminator.parallel.expert_parallel_size
+        check(ep == 1, "discriminator.parallel.expert_parallel_size",
+              f"{ep}: the discriminator runs one TP × PP replica; use 1")
+
+    def _check_adv_injection(self) -> None:
+        """``loss.adv_injection`` other than ``loss`` must act in some stage: it needs an
+        adversarial objective, and the reward injections one with rewarded rollouts."""
+        injection = self.loss.adv_injection
+        if injection == "loss":
+            return
+        objectives = [s.objective for s in self.resolved_stages()]
+        check("a_sft" not in objectives or injection not in REWARD_INJECTIONS,
+              "loss.adv_injection", f"{injection!r} adds the discriminator signal to verifiable "
+                                    "rewards, which a_sft (no rewarded rollouts) does not have; "
+                                    "use 'loss' or 'advantage'")
+        usable = [o for o in ADVERSARIAL_OBJECTIVES
+                  if injection not in REWARD_INJECTIONS or o != "a_sft"]
+        check(any(o in usable for o in objectives), "loss.adv_injection",
+              f"{injection!r} needs an adversarial objective ({', '.join(usable)}); with "
+              f"{', '.join(objectives)} no discriminator runs and it would change nothing")
 
     # ------------------------------------------------------------------ stages
 
@@ -259,8 +297,7 @@ class ResolvedStage:
     @property
     def needs_sft_rollouts(self) -> bool:
         """Whether SFT prompts get student rollouts (for L_ADV|SFT)."""
-        return self.has_sft and self.loss.adversarial_in_loss and \
-            self.loss.resolved_adv_on_sft_rows
+        return self.has_sft and self.loss.adversarial_on_sft_rollouts
 
     @property
     def needs_discriminator(self) -> bool:

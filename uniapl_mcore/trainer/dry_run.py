@@ -271,9 +271,6 @@ def _discriminator_layout(cfg: UniaplConfig, world_size: int) -> dict[str, Any]:
         raise ConfigError("discriminator.parallel",
                           f"TP × PP = {processes} discriminator processes need more GPUs than "
                           f"the trainer's {world_size}")
-    if par.context_parallel_size > 1 or par.expert_parallel_size > 1:
-        raise ConfigError("discriminator.parallel", "the discriminator runs one TP × PP "
-                          "replica; context / expert parallelism are not used")
     _check_model_layout(disc.model, par, "discriminator")
     return out
 
