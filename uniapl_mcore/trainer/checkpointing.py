@@ -4,7 +4,8 @@
 replaced last: :func:`uniapl_mcore.megatron.checkpointing.staged_dir`) holds::
 
     policy/             weights + optimizer + LR schedule (torch_dist, any layout)
-    reference/          the KL reference's weights (when a stage needs one)
+    policy/hf/          the policy's HF config.json + tokenizer (``mcore-to-hf`` reads them)
+    reference/          the KL reference's weights (when a stage needs one; + its hf/)
     discriminator/      the trainable discriminator (+ its optimizer)
     rng/rank_NNNNN.safetensors   every rank's RNG states (:mod:`.rng_state`)
     trainer_state.json  step, stage, weight version, world size, the samplers' positions
@@ -18,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from uniapl_mcore.checkpoint.convert import write_hf_side_dir
 from uniapl_mcore.megatron.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
@@ -60,18 +62,21 @@ def read_resume_point(root: Path) -> tuple[Path | None, dict[str, Any]]:
 class CheckpointManager:
     """Saves and loads the run's stateful parts atomically (collective).
 
-    ``discriminator`` (its client; saved when trainable) and ``samplers`` (``{stage index:
-    sampler}``, written into ``trainer_state.json``) exist on global rank 0 only; the other
-    ranks pass None.
+    ``discriminator`` (its client; saved when trainable), ``samplers`` (``{stage index:
+    sampler}``, written into ``trainer_state.json``) and ``hf_files`` (the policy's HF
+    ``config.json`` + tokenizer directory, ``RUN/policy_hf``, copied into each model's
+    ``hf/``) exist on global rank 0 only; the other ranks pass None.
     """
 
     def __init__(self, root: Path, layout: ParallelLayout, keep_last: int, *,
                  policy: TrainableModel, reference: Reference | None,
                  discriminator: Any | None = None,
-                 samplers: dict[int, Any] | None = None) -> None:
+                 samplers: dict[int, Any] | None = None,
+                 hf_files: Path | None = None) -> None:
         self.root, self.layout, self.keep_last = root, layout, keep_last
         self.policy, self.reference = policy, reference
         self.discriminator, self.samplers = discriminator, samplers
+        self.hf_files = hf_files
 
     def _rng_file(self, directory: Path) -> Path:
         return rng_file(directory / "rng", self.layout.rank)
@@ -87,6 +92,9 @@ class CheckpointManager:
             write_model_state(tmp / "policy", self.policy, True, {"stage": stage}, step)
             if self.reference is not None:
                 write_model_state(tmp / "reference", self.reference.as_trainable(), False)
+            if self.hf_files is not None:  # after the model state (its directory must be empty)
+                for model in models:
+                    write_hf_side_dir(self.hf_files, tmp / model)
             save_rng_state(self._rng_file(tmp))
             fault_point("checkpoint", step)
             if (disc := self._trainable_disc()) is not None:
