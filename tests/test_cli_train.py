@@ -57,3 +57,16 @@ def test_config_errors_are_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("uniapl train: config error: train.max_step: unknown key "
                    "(did you mean 'train.max_steps'?)")
+
+
+def test_checkpoint_errors_are_one_line(capsys, monkeypatch):
+    from uniapl_mcore.checkpoint.hf_io import CheckpointError
+    from uniapl_mcore.trainer import cli as train_cli
+
+    def refuse(args):
+        raise CheckpointError("RUN/checkpoints/step_000002/rng/rank_00000.pt: refused")
+
+    monkeypatch.setattr(train_cli, "train_command", refuse)
+    assert main(["train"]) == 2
+    assert capsys.readouterr().err == ("uniapl train: checkpoint error: RUN/checkpoints/"
+                                       "step_000002/rng/rank_00000.pt: refused\n")

@@ -3,6 +3,8 @@
 
     python tools/convert_checkpoint.py hf-to-mcore --hf HF_DIR --out MCORE_DIR
     python tools/convert_checkpoint.py mcore-to-hf --mcore MCORE_DIR --out HF_DIR
+    python tools/convert_checkpoint.py mcore-to-hf --mcore RUN/checkpoints/latest/policy \
+        --out HF_DIR
 """
 
 import sys

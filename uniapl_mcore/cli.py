@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"uniapl {args.command}: config error: {err}", file=sys.stderr)
         return 2
+    except ValueError as err:  # a damaged or refused checkpoint file: one line naming it
+        from uniapl_mcore.checkpoint.hf_io import CheckpointError
+
+        if not isinstance(err, CheckpointError):
+            raise
+        print(f"uniapl {args.command}: checkpoint error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"uniapl {args.command}: interrupted", file=sys.stderr)
         return 130

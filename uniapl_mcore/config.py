@@ -354,11 +354,18 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    """Training-state checkpoints under ``<run_dir>/checkpoints``."""
+    """Training-state checkpoints under ``<run_dir>/checkpoints``.
+
+    Each one's ``policy/`` carries ``hf/`` (config.json, tokenizer), so
+    ``tools/convert_checkpoint.py mcore-to-hf`` turns it into a Hugging Face model.
+    ``export_hf``: at the end of training also write the trained policy as a Hugging Face
+    model (safetensors + config + tokenizer) to ``<run_dir>/hf``.
+    """
 
     save_interval_steps: int = 0
     keep_last: int = 2
     save_at_end: bool = True
+    export_hf: bool = False
 
     def __post_init__(self) -> None:
         check(self.save_interval_steps >= 0, "save_interval_steps", "must be >= 0 (0: never)")

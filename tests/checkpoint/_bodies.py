@@ -42,3 +42,32 @@ def live_export(hf: str, mcore: str, tp: int, pp: int, ep: int, dst: int | None,
         return {"buckets": count, "tensors": tensors}
     finally:
         layout.destroy()
+
+
+def live_hf_dir(hf: str, mcore: str, tp: int, pp: int, out: str) -> str | None:
+    """Build the model at a layout, load ``mcore`` and write it as an HF directory ``out``
+    with :func:`~uniapl_mcore.checkpoint.hf_export.write_live_hf_dir` (rank 0 writes)."""
+    from uniapl_mcore.checkpoint.convert import load_hf_architecture
+    from uniapl_mcore.checkpoint.hf_export import write_live_hf_dir
+    from uniapl_mcore.checkpoint.live_export import LiveExporter
+    from uniapl_mcore.config import ParallelConfig
+    from uniapl_mcore.megatron.checkpointing import load_checkpoint
+    from uniapl_mcore.megatron.model import TrainableModel
+    from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
+    from uniapl_mcore.runtime.parallel import init_parallel
+
+    _, bundle, model = load_hf_architecture(hf)
+    parallel = ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp)
+    layout = init_parallel(parallel, seed=0)
+    try:
+        config = transformer_config(model, parallel)
+        gpt = build_gpt_model(model, config, layout.is_first_stage, layout.is_last_stage)
+        load_checkpoint(mcore, TrainableModel([gpt], None, None, config),
+                        include_optimizer=False)
+        exporter = LiveExporter([gpt], model, bundle, dst=0)
+        side = hf if layout.rank == 0 else None
+        written = write_live_hf_dir(exporter, out, side, bucket_bytes=40_000,
+                                    max_shard_bytes=60_000)
+        return None if written is None else str(written)
+    finally:
+        layout.destroy()

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from uniapl_mcore.checkpoint.convert import hf_to_mcore, mcore_to_hf
 from uniapl_mcore.testing import run_distributed
 
-from ._bodies import live_export
+from ._bodies import live_export, live_hf_dir
 from .hf_models import save_tiny, save_tiny_internlm2_reward
 
 pytestmark = pytest.mark.slow
@@ -84,3 +84,26 @@ def test_prefetch_needs_three_ring_buffers():
     exporter = LiveExporter.__new__(LiveExporter)  # the check runs before any collective
     with pytest.raises(ValueError, match="ring must be 0 or >= 3 with prefetch"):
         next(exporter.iter_buckets(1024, ring=2, prefetch=True))
+
+
+def test_live_hf_dir_equals_offline_export(tmp_path):
+    """PP=2 with tied embeddings, written by rank 0 as sharded safetensors + side files; an
+    existing directory is replaced whole."""
+    hf = save_tiny(tmp_path / "hf", "qwen3", True, torch.float32)
+    (tmp_path / "hf" / "tokenizer_config.json").write_text("{}")
+    mcore, offline = _offline(tmp_path, hf)
+    out = tmp_path / "live"
+    out.mkdir()
+    (out / "stale.safetensors").write_text("from an earlier export")
+    results = run_distributed(live_hf_dir, 2, args=(str(hf), str(mcore), 1, 2, str(out)),
+                              timeout_s=300)
+    assert results == [str(out), None]
+    streamed = {}
+    for path in out.glob("*.safetensors"):
+        streamed.update(load_file(path))
+    assert (out / "model.safetensors.index.json").is_file()  # several shards
+    assert streamed.keys() == offline.keys() and "lm_head.weight" not in streamed
+    assert all(torch.equal(streamed[name], tensor) for name, tensor in offline.items())
+    assert (out / "config.json").read_bytes() == (hf / "config.json").read_bytes()
+    assert (out / "tokenizer_config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

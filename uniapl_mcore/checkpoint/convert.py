@@ -30,6 +30,7 @@ from uniapl_mcore.checkpoint.hf_io import (
     copy_side_files,
     open_hf_weights,
 )
+from uniapl_mcore.checkpoint.paths import STEP_DIR, resolve_latest
 from uniapl_mcore.config import ModelConfig
 from uniapl_mcore.models.gpt import torch_dtype
 from uniapl_mcore.models.hf_config import HFConfig
@@ -233,40 +234,70 @@ def hf_tensor_units(reader: TorchDistReader, bundle: ModelBundle, model: ModelCo
     return units
 
 
-def plan_hf_tensors(reader: TorchDistReader, bundle: ModelBundle, model: ModelConfig
-                    ) -> list[PlannedTensor]:
-    """Names, shapes and dtypes of the HF tensors :func:`hf_tensor_units` produce."""
+def plan_hf_tensors(bundle: ModelBundle, model: ModelConfig,
+                    dtype_of: Callable[[TensorRule], torch.dtype]) -> list[PlannedTensor]:
+    """Names, shapes and dtypes (``dtype_of(rule)``) of the HF tensors of ``model``, in the
+    order of the bundle's rules (what :func:`hf_tensor_units` and the live export make)."""
     shapes = bundle.hf_shapes(model)
     plan = []
     for rule in bundle.tensor_rules(model):
-        dtype = reader.dtype(rule.mcore)
+        dtype = dtype_of(rule)
         for position in rule.positions(model.num_layers, model.num_experts):
             for template, name in zip(rule.hf, rule.hf_names(*position), strict=True):
                 plan.append(PlannedTensor(name, shapes[template], dtype))
     return plan
 
 
+def write_hf_side_dir(source: str | Path, checkpoint: str | Path) -> Path:
+    """``checkpoint/hf/``: ``source``'s ``config.json`` and tokenizer / generation files
+    (what :func:`mcore_to_hf` restores next to the weights). Returns that directory."""
+    source, side = Path(source), Path(checkpoint) / HF_SIDE_DIR
+    if not (source / "config.json").is_file():
+        raise CheckpointError(f"{source}: no config.json to store with the checkpoint")
+    side.mkdir(exist_ok=True)
+    shutil.copy2(source / "config.json", side / "config.json")
+    copy_side_files(source, side)
+    return side
+
+
+def _missing_side_dir(mcore_dir: Path) -> CheckpointError:
+    """The one-line error for a checkpoint without ``hf/config.json``, saying what to do."""
+    if (mcore_dir / "policy" / "metadata.json").is_file():
+        return CheckpointError(f"{mcore_dir}: a training checkpoint, not a model; convert its "
+                               f"policy: {mcore_dir / 'policy'}")
+    run_dir = mcore_dir.parent.parent.parent  # RUN/checkpoints/step_N/policy
+    if mcore_dir.parent.parent.name == "checkpoints" and STEP_DIR.match(mcore_dir.parent.name):
+        source = run_dir / "policy_hf"
+        where = str(source) if (source / "config.json").is_file() else "<run-dir>/policy_hf"
+        return CheckpointError(f"{mcore_dir}: no {HF_SIDE_DIR}/config.json (saved before "
+                               f"training checkpoints carried it): copy {where}/* into "
+                               f"{mcore_dir / HF_SIDE_DIR}/ and convert again")
+    return CheckpointError(f"{mcore_dir}: no {HF_SIDE_DIR}/config.json; this checkpoint was "
+                           "not made from a Hugging Face model, so its architecture is unknown")
+
+
 def mcore_to_hf(mcore_dir: str | Path, out: str | Path,
                 max_shard_bytes: int = 2 * 1024**3, threads: int = 4) -> Path:
-    """Convert a ``torch_dist`` checkpoint written by :func:`hf_to_mcore` (or by training from
-    such a model) back into an HF directory that ``from_pretrained`` loads.
+    """Convert a ``torch_dist`` checkpoint written by :func:`hf_to_mcore`, or a training
+    checkpoint's ``policy`` (``RUN/checkpoints/step_N/policy``; ``RUN/checkpoints/latest/
+    policy`` reads the ``latest`` pointer), back into an HF directory that
+    ``from_pretrained`` loads. The architecture and tokenizer come from its ``hf/``.
 
     ``threads`` slices are read, split and written at once (each straight to its offset in
     its shard); resident memory is about ``threads`` slices, whatever the model size.
     """
-    mcore_dir, out = Path(mcore_dir), Path(out)
+    mcore_dir, out = resolve_latest(mcore_dir), Path(out)
     side = mcore_dir / HF_SIDE_DIR
     if not mcore_dir.is_dir():
         raise CheckpointError(f"{mcore_dir}: no such checkpoint directory")
     if not (side / "config.json").is_file():
-        raise CheckpointError(f"{mcore_dir}: no {HF_SIDE_DIR}/config.json; this checkpoint was "
-                              "not made from a Hugging Face model, so its architecture is unknown")
+        raise _missing_side_dir(mcore_dir)
     hf, bundle, model = load_hf_architecture(side)
     reader = TorchDistReader(mcore_dir)
     tmp = _atomic_output(out)
     try:
-        writer = SafetensorsShardWriter(plan_hf_tensors(reader, bundle, model), tmp,
-                                        max_shard_bytes)
+        plan = plan_hf_tensors(bundle, model, lambda rule: reader.dtype(rule.mcore))
+        writer = SafetensorsShardWriter(plan, tmp, max_shard_bytes)
         try:
             def run(unit: Callable[[], list[tuple[str, torch.Tensor]]]) -> None:
                 for name, tensor in unit():

@@ -22,7 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     to_mcore.add_argument("--threads", type=int, default=2, help="writer threads")
     to_hf = sub.add_parser("mcore-to-hf", help="torch_dist → HF directory (sharded "
                                                "safetensors + index + config.json)")
-    to_hf.add_argument("--mcore", required=True, help="torch_dist checkpoint directory")
+    to_hf.add_argument("--mcore", required=True,
+                       help="torch_dist checkpoint directory with hf/: hf-to-mcore output or a "
+                            "training checkpoint's policy (RUN/checkpoints/step_N/policy, "
+                            "RUN/checkpoints/latest/policy)")
     to_hf.add_argument("--out", required=True, help="output directory (must not exist)")
     to_hf.add_argument("--max-shard-gb", type=float, default=2.0, help="safetensors shard size")
     to_hf.add_argument("--threads", type=int, default=4,

@@ -176,7 +176,7 @@ def read_weight_map(index: Path) -> dict[str, str]:
     return weight_map
 
 
-def _refusal(err: BaseException) -> str:
+def weights_only_refusal(err: BaseException) -> str:
     """The line of a ``weights_only`` refusal that says what was refused (torch's message
     opens with generic advice to retry unsafely, which must not be passed on)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -195,7 +195,7 @@ def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path}: not a plain tensor file (torch.load(weights_only=True) "
-                              f"refused it: {_refusal(err)})") from None
+                              f"refused it: {weights_only_refusal(err)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable torch.save file ({error_line(err)})") \
             from None

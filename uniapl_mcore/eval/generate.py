@@ -35,9 +35,10 @@ def hf_model_dir(checkpoint: str | Path) -> Iterator[Path]:
     """An HF model directory for ``checkpoint`` (exported to a temporary one when it is a
     ``torch_dist`` checkpoint with an ``hf/`` side directory)."""
     from uniapl_mcore.checkpoint.convert import HF_SIDE_DIR, mcore_to_hf
+    from uniapl_mcore.checkpoint.paths import resolve_latest
     from uniapl_mcore.eval.ifeval import EvalDataError
 
-    path = Path(checkpoint)
+    path = resolve_latest(checkpoint)
     if (path / "config.json").is_file():
         yield path
         return

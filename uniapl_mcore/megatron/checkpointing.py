@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,19 +28,15 @@ import torch.distributed as dist
 
 from uniapl_mcore.checkpoint.dcp_io import TorchDistReader
 from uniapl_mcore.checkpoint.hf_io import CheckpointError
+from uniapl_mcore.checkpoint.paths import LATEST, resolve_latest, step_dir_name
+from uniapl_mcore.checkpoint.paths import STEP_DIR as _STEP_DIR
 from uniapl_mcore.megatron.model import TrainableModel
 
 logger = logging.getLogger(__name__)
 
-LATEST = "latest"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 #: Optimizer sharding: the distributed optimizer's fully reshardable (any TP/PP/DP) format.
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
                       "chained_optim_avoid_prefix": True}
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:06d}"
 
 
 def unwrap_model(chunk: Any) -> Any:
@@ -284,9 +279,9 @@ def load_checkpoint(path: str | Path, trainable: TrainableModel,
     """Load a checkpoint into ``trainable`` at this run's layout; returns the common state.
 
     Collective. ``include_optimizer=False`` loads weights only (e.g. an initial model).
+    ``RUN/checkpoints/latest/policy`` reads the ``latest`` pointer.
     """
-
-    path = Path(path)
+    path = resolve_latest(path)
     if not (path / "metadata.json").is_file():
         raise FileNotFoundError(f"{path} is not a dist_checkpointing checkpoint "
                                 "(no metadata.json)")

@@ -4,9 +4,10 @@
 replaced last: :func:`uniapl_mcore.megatron.checkpointing.staged_dir`) holds::
 
     policy/             weights + optimizer + LR schedule (torch_dist, any layout)
-    reference/          the KL reference's weights (when a stage needs one)
+    policy/hf/          the policy's HF config.json + tokenizer (``mcore-to-hf`` reads them)
+    reference/          the KL reference's weights (when a stage needs one; + its hf/)
     discriminator/      the trainable discriminator (+ its optimizer)
-    rng/rank_NNNNN.pt   every rank's RNG states
+    rng/rank_NNNNN.safetensors   every rank's RNG states (:mod:`.rng_state`)
     trainer_state.json  step, stage, weight version, world size, the samplers' positions
 """
 
@@ -15,13 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
+from uniapl_mcore.checkpoint.convert import write_hf_side_dir
 from uniapl_mcore.megatron.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
@@ -31,34 +29,17 @@ from uniapl_mcore.megatron.checkpointing import (
 )
 from uniapl_mcore.megatron.model import TrainableModel
 from uniapl_mcore.runtime.parallel import ParallelLayout
+from uniapl_mcore.trainer.rng_state import (
+    read_rng_state,
+    rng_file,
+    save_rng_state,
+    set_rng_state,
+)
 from uniapl_mcore.trainer.update import Reference
 
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states (Python, NumPy, torch CPU, Megatron's model-parallel
-    tracker, CUDA when present)."""
-    from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-    state = {"random": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state(), "tracker": get_cuda_rng_tracker().get_states()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-    random.setstate(state["random"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    get_cuda_rng_tracker().set_states(state["tracker"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 def fault_point(point: str, step: int) -> None:
@@ -81,21 +62,24 @@ def read_resume_point(root: Path) -> tuple[Path | None, dict[str, Any]]:
 class CheckpointManager:
     """Saves and loads the run's stateful parts atomically (collective).
 
-    ``discriminator`` (its client; saved when trainable) and ``samplers`` (``{stage index:
-    sampler}``, written into ``trainer_state.json``) exist on global rank 0 only; the other
-    ranks pass None.
+    ``discriminator`` (its client; saved when trainable), ``samplers`` (``{stage index:
+    sampler}``, written into ``trainer_state.json``) and ``hf_files`` (the policy's HF
+    ``config.json`` + tokenizer directory, ``RUN/policy_hf``, copied into each model's
+    ``hf/``) exist on global rank 0 only; the other ranks pass None.
     """
 
     def __init__(self, root: Path, layout: ParallelLayout, keep_last: int, *,
                  policy: TrainableModel, reference: Reference | None,
                  discriminator: Any | None = None,
-                 samplers: dict[int, Any] | None = None) -> None:
+                 samplers: dict[int, Any] | None = None,
+                 hf_files: Path | None = None) -> None:
         self.root, self.layout, self.keep_last = root, layout, keep_last
         self.policy, self.reference = policy, reference
         self.discriminator, self.samplers = discriminator, samplers
+        self.hf_files = hf_files
 
     def _rng_file(self, directory: Path) -> Path:
-        return directory / "rng" / f"rank_{self.layout.rank:05d}.pt"
+        return rng_file(directory / "rng", self.layout.rank)
 
     def _trainable_disc(self) -> Any | None:
         disc = self.discriminator
@@ -103,12 +87,15 @@ class CheckpointManager:
 
     def save(self, step: int, stage: int) -> Path:
         """Everything as ``root/step_NNNNNN``; returns that directory."""
-        subdirs = ("policy", "rng") + (("reference",) if self.reference is not None else ())
-        with staged_dir(self.root, step, self.keep_last, subdirs) as tmp:
+        models = ("policy",) + (("reference",) if self.reference is not None else ())
+        with staged_dir(self.root, step, self.keep_last, (*models, "rng")) as tmp:
             write_model_state(tmp / "policy", self.policy, True, {"stage": stage}, step)
             if self.reference is not None:
                 write_model_state(tmp / "reference", self.reference.as_trainable(), False)
-            torch.save(rng_state(), self._rng_file(tmp))
+            if self.hf_files is not None:  # after the model state (its directory must be empty)
+                for model in models:
+                    write_hf_side_dir(self.hf_files, tmp / model)
+            save_rng_state(self._rng_file(tmp))
             fault_point("checkpoint", step)
             if (disc := self._trainable_disc()) is not None:
                 disc.save(str(tmp / "discriminator"))  # frozen: its own checkpoint
@@ -127,9 +114,9 @@ class CheckpointManager:
                             include_optimizer=False)
         if (disc := self._trainable_disc()) is not None:
             disc.load(str(path / "discriminator"))
-        rng_file = self._rng_file(path)
-        if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=False))
+        state = read_rng_state(path / "rng", self.layout.rank)
+        if state is not None:
+            set_rng_state(state)
         else:
             logger.warning("%s: no RNG state for rank %d (world size changed?)", path,
                            self.layout.rank)

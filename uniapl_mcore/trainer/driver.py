@@ -75,6 +75,8 @@ class Driver:
                                                   f"tokenizer's {len(tokenizer)} tokens")
         self.eos_id = self.data.templater.eot_id
         hf_dir = write_policy_hf_dir(cfg.model, tokenizer, self.eos_id, run_dir / "policy_hf")
+        #: the policy's HF config.json + tokenizer (no weights)
+        self.policy_hf_dir = hf_dir
         self.tokenizer_dir = str(hf_dir)
         self.rollout = RolloutService(cfg.rollout, hf_dir, cfg.ray_address)
         self.scorer = RewardScorer(cfg.reward)

@@ -10,9 +10,11 @@ step's sequences by broadcast. One step, top to bottom (:meth:`Trainer.train_ste
     → weight sync to the engines
 
 Checkpoints (:class:`~uniapl_mcore.trainer.checkpointing.CheckpointManager`) hold the policy
-with its optimizer and LR schedule, the KL reference, the discriminator (and its
-optimizer), every rank's RNG states and the trainer state (step, stage, weight version,
-samplers). Re-running on the same run directory resumes there.
+with its optimizer and LR schedule (and its HF config + tokenizer), the KL reference, the
+discriminator (and its optimizer), every rank's RNG states and the trainer state (step,
+stage, weight version, samplers). Re-running on the same run directory resumes there.
+``checkpoint.export_hf`` writes the trained policy as a Hugging Face model to ``RUN/hf``
+at the end.
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ class Trainer:
         self.checkpoints = CheckpointManager(
             run_dir / "checkpoints", layout, cfg.checkpoint.keep_last, policy=self.policy,
             reference=self.reference, discriminator=driver.disc if driver else None,
-            samplers=driver.samplers if driver else None)
+            samplers=driver.samplers if driver else None,
+            hf_files=driver.policy_hf_dir if driver else None)
         if resume is not None:
             self.checkpoints.load(resume)
             logger.info("resumed from %s at step %d", resume, self.step)
@@ -151,6 +154,8 @@ class Trainer:
             records += self._emit(record)
             if self._checkpoint_due():
                 self.save()
+        if self.cfg.checkpoint.export_hf:
+            self.export_hf()
         return records
 
     def train_step(self, stage: ResolvedStage) -> dict[str, Any]:
@@ -227,6 +232,15 @@ class Trainer:
     def save(self) -> Path:
         """Collective: the whole training state as ``checkpoints/step_NNNNNN`` (atomic)."""
         return self.checkpoints.save(self.step, self.stage_index)
+
+    def export_hf(self) -> Path | None:
+        """Collective: the trained policy as a Hugging Face model in ``RUN/hf`` (safetensors +
+        config + tokenizer; atomic), gathered to rank 0, which returns the path."""
+        from uniapl_mcore.checkpoint.hf_export import write_live_hf_dir
+
+        side = self.driver.policy_hf_dir if self.driver is not None else None
+        return write_live_hf_dir(self.exporter, self.run_dir / "hf", side,
+                                 bucket_bytes=self.cfg.rollout.weight_sync.bucket_bytes)
 
     def close(self) -> None:
         if self.log is not None:
