@@ -6,10 +6,11 @@ from uniapl_mcore.megatron import parity
 
 
 def parity_json(hf: str, mcore: str, tp: int, pp: int, ep: int = 1,
-                dtype: str = "float32") -> dict | None:
+                dtype: str = "float32", extra: tuple[str, ...] = ()) -> dict | None:
+    """``tools/check_parity.py``'s path: its flags (``extra``: more of them) → its report."""
     args = parity.build_parser().parse_args(["--hf", hf, "--mcore", mcore, "--tp", str(tp),
                                              "--pp", str(pp), "--ep", str(ep),
-                                             "--dtype", dtype])
+                                             "--dtype", dtype, *extra])
     return parity.run(args)
 
 
