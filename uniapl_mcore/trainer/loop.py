@@ -80,11 +80,11 @@ class Trainer:
         self.stage_index = int(saved.get("stage", 0))
         self.policy = build_policy(cfg, self.stages[self.stage_index], layout)
         if layout.pp > 1:
-            logger.info("pipeline stages hold %s layers; this rank's stage %d: layers %s",
+            mine = stage_layer_range(cfg.model.num_layers, cfg.parallel, layout.pp_rank)
+            logger.info("pipeline stages hold %s layers; this rank's stage %d: layers %d-%d",
                         "/".join(map(str, pipeline_stage_layers(cfg.model.num_layers,
                                                                 cfg.parallel))),
-                        layout.pp_rank, stage_layer_range(cfg.model.num_layers, cfg.parallel,
-                                                          layout.pp_rank))
+                        layout.pp_rank, mine.start, mine.stop - 1)
         self.reference = Reference(cfg, layout) if any(s.needs_reference
                                                        for s in self.stages) else None
         driver = self.driver
