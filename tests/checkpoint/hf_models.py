@@ -13,17 +13,21 @@ TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_laye
 
 def save_tiny(directory: Path, family: str = "qwen3", tied: bool = False,
               dtype: torch.dtype = torch.float32, seed: int = 0,
-              vocab_size: int | None = None, head_dim: int = 24) -> Path:
+              vocab_size: int | None = None, head_dim: int = 24,
+              num_layers: int | None = None) -> Path:
     """Write a tiny random ``family`` model (qwen3 | qwen3_moe | qwen2 | llama).
 
     Qwen3 gets head_dim 24 ≠ hidden/heads (as Qwen3-0.6B has), GQA 4:2 everywhere.
     ``vocab_size`` overrides ``TINY``'s (e.g. to match a tiny tokenizer); ``head_dim`` the
-    Qwen3 head size (vLLM on CPU needs 32, 64, ...).
+    Qwen3 head size (vLLM on CPU needs 32, 64, ...); ``num_layers`` its 2 layers (an odd
+    count for uneven pipeline stages).
     """
     import transformers
 
     torch.manual_seed(seed)
     tiny = TINY if vocab_size is None else {**TINY, "vocab_size": vocab_size}
+    if num_layers is not None:
+        tiny = {**tiny, "num_hidden_layers": num_layers}
     if family == "qwen3":
         config = transformers.Qwen3Config(**tiny, head_dim=head_dim, tie_word_embeddings=tied)
         model = transformers.Qwen3ForCausalLM(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,9 @@ from uniapl_mcore.checkpoint.convert import hf_to_mcore, mcore_to_hf
 from uniapl_mcore.checkpoint.dcp_io import TorchDistReader
 from uniapl_mcore.checkpoint.hf_io import CheckpointError
 from uniapl_mcore.config import ConfigError
+from uniapl_mcore.testing import run_distributed
 
+from ._bodies import resave_and_stream
 from .hf_models import save_tiny, save_tiny_internlm2_reward
 
 
@@ -43,6 +46,34 @@ def test_round_trip_is_bit_exact(tmp_path, family, tied, dtype):
     assert json.loads((back / "config.json").read_text()) == \
         json.loads((hf / "config.json").read_text())
     assert not list(tmp_path.glob("*.tmp-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "layers", "pp", "first", "stages"), [
+    ("qwen3", 3, 2, None, (1, 2)), ("qwen3_moe", 3, 2, 2, (2, 1))])
+def test_round_trip_through_uneven_pipeline_stages(tmp_path, family, layers, pp, first,
+                                                   stages):
+    """HF → torch_dist → a model at uneven PP → torch_dist saved from that layout → HF is
+    bit-exact, and so is the live stream from that layout (global HF layer names)."""
+    import shutil
+
+    from uniapl_mcore.config import ParallelConfig, pipeline_stage_layers
+
+    assert pipeline_stage_layers(layers, ParallelConfig(pipeline_parallel_size=pp,
+                                                        first_stage_layers=first)) == stages
+    hf = save_tiny(tmp_path / "hf", family, False, torch.bfloat16, num_layers=layers)
+    mcore = hf_to_mcore(hf, tmp_path / "mcore")
+    results = run_distributed(resave_and_stream, pp, args=(str(hf), str(mcore),
+                                                           str(tmp_path / "resaved"), pp, first),
+                              timeout_s=300)
+    saved = Path(results[0]["saved"])
+    shutil.copytree(mcore / "hf", saved / "hf")
+    back = mcore_to_hf(saved, tmp_path / "back")
+    source = _tensors(hf)
+    for result in (_tensors(back), results[0]["tensors"]):
+        assert set(result) == set(source)
+        assert all(result[k].dtype == torch.bfloat16 for k in result)
+        assert [k for k in source if not torch.equal(result[k], source[k])] == []
 
 
 def test_exported_model_loads_in_transformers(tmp_path):

@@ -1,4 +1,5 @@
-"""Converted checkpoints match Hugging Face logits at TP 1/2 and PP 1/2 (fp32, ≤ 1e-4)."""
+"""Converted checkpoints match Hugging Face logits at TP 1/2 and PP 1/2, and at uneven
+pipeline stages (3 layers at PP 2, 5 at PP 4) (fp32, ≤ 1e-4)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,23 @@ def test_logits_match_transformers(tmp_path, family, tied, tp, pp, ep):
     reports = [r for r in results if r is not None]
     assert len(reports) == 1  # one JSON line, from the last stage's first TP rank
     report = reports[0]
+    assert report["max_abs_logit_diff"] <= 1e-4, report
+    assert report["max_abs_logprob_diff"] <= 1e-4, report
+    assert report["min_cosine"] >= 0.9999, report
+
+
+@pytest.mark.parametrize(("layers", "tied", "pp", "flags", "stages"), [
+    (3, False, 2, (), [1, 2]),                                # balanced automatically
+    (5, True, 4, ("--first-stage-layers", "2"), [2, 1, 1, 1]),  # set by tools/check_parity.py
+])
+def test_uneven_pipeline_stages_match_transformers(tmp_path, layers, tied, pp, flags, stages):
+    hf = save_tiny(tmp_path / "hf", "qwen3", tied, num_layers=layers)
+    mcore = hf_to_mcore(hf, tmp_path / "mcore")
+    results = run_distributed(parity_json, pp, args=(str(hf), str(mcore), 1, pp),
+                              kwargs={"extra": flags}, timeout_s=300)
+    (report,) = [r for r in results if r is not None]
+    print(f"uneven PP={pp}, {layers} layers: {report}")
+    assert report["stage_layers"] == stages
     assert report["max_abs_logit_diff"] <= 1e-4, report
     assert report["max_abs_logprob_diff"] <= 1e-4, report
     assert report["min_cosine"] >= 0.9999, report

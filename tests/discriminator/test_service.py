@@ -278,6 +278,11 @@ def test_start_refuses_bad_configs_with_one_line(ray_cluster, polar, tmp_path):
                                   seed=0, max_steps=0)
     with pytest.raises(ConfigError, match="role: is 'none'"):
         DiscriminatorClient.start(DiscriminatorConfig(role="none"), "x", seed=0, max_steps=0)
+    with pytest.raises(ConfigError) as info:  # the checkpoint's 2 layers over 3 stages
+        DiscriminatorClient.start(replace(frozen, parallel=ParallelConfig(
+            pipeline_parallel_size=3)), "x", seed=0, max_steps=0)
+    assert str(info.value) == ("discriminator.parallel.pipeline_parallel_size: 3 stages need "
+                               "at least one layer each, the model's num_layers=2")
 
 
 def test_an_actor_failure_surfaces_as_one_error(ray_cluster, trained):

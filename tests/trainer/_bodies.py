@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
-from uniapl_mcore.config import load_config
+from uniapl_mcore.config import load_config, stage_layer_range
 from uniapl_mcore.losses import LossConfig, RowKind, step_denominators
 from uniapl_mcore.megatron.checkpointing import load_checkpoint
 from uniapl_mcore.megatron.model import build_trainable_model
@@ -49,9 +51,13 @@ def _stack(rows: list[PolicyMicroBatch]) -> PolicyMicroBatch:
         adv_advantages=cat("adv_advantages"))
 
 
-def unified_gradient(init: str, micro_batches_per_rank: int) -> dict:
-    """Gradient of the unified loss for the global batch split over DP ranks × micro-batches."""
-    cfg = load_config(None, ["optimizer.use_distributed_optimizer=false"])
+def unified_gradient(init: str, micro_batches_per_rank: int,
+                     overrides: tuple[str, ...] = ()) -> dict:
+    """Gradient of the unified loss for the global batch split over DP ranks × micro-batches
+    (``overrides``: the layout, e.g. pipeline stages). ``grads`` are this rank's, under
+    global layer indices (``decoder.layers.<global>.…``); ``metrics`` are empty off the last
+    pipeline stage."""
+    cfg = load_config(None, ["optimizer.use_distributed_optimizer=false", *overrides])
     layout = init_parallel(cfg.parallel, cfg.train.seed)
     try:
         trainable = build_trainable_model(cfg.model, cfg.parallel, cfg.optimizer, layout, 1)
@@ -65,7 +71,17 @@ def unified_gradient(init: str, micro_batches_per_rank: int) -> dict:
                                    loss_cfg.max_response_tokens, layout.dp_group())
         metrics = policy_forward_backward(trainable, micro, denoms, loss_cfg, layout)
         gpt = trainable.chunks[0].module
-        grads = {name: p.main_grad.detach().clone() for name, p in gpt.named_parameters()}
+        layers = stage_layer_range(cfg.model.num_layers, cfg.parallel, layout.pp_rank)
+        grads = {_global_name(name, layers): p.main_grad.detach().clone()
+                 for name, p in gpt.named_parameters()}
         return {"grads": grads, "metrics": metrics}
     finally:
         layout.destroy()
+
+
+def _global_name(name: str, layers: range) -> str:
+    """``decoder.layers.<local>.…`` of a stage holding ``layers`` → the global index."""
+    match = re.match(r"decoder\.layers\.(\d+)\.", name)
+    if match is None:
+        return name
+    return f"decoder.layers.{layers[int(match.group(1))]}.{name[match.end():]}"

@@ -15,6 +15,7 @@ from uniapl_mcore.trainer.dry_run import (
     count_parameters,
     dry_run,
     estimate_memory,
+    layer_parameters,
     plan_layout,
     stage_parameters,
 )
@@ -171,7 +172,27 @@ def test_layout_of_the_moe_config():
     assert t["tp"] * t["pp"] * t["cp"] * t["dp"] == 128
     assert t["experts_per_rank"] * t["ep"] == 128
     assert t["expert_dp"] * t["ep"] == t["cp"] * t["dp"]  # experts split over TP too
-    assert t["layers_per_stage"] * t["pp"] == 94
+    assert t["stage_layers"] == (47, 47)
+
+
+def test_uneven_pipeline_split_of_94_layers():
+    """PP 4 does not divide Qwen3-235B-A22B's 94 layers: the balanced split (23, 24, 24, 23)
+    is what the parameters, activations and the report count per stage."""
+    cfg = _load_example(EXAMPLES / "qwen3_235b_a22b_multinode.yaml")
+    pp4 = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel,
+                                                                pipeline_parallel_size=4))
+    assert plan_layout(pp4, 256)["trainer"]["stage_layers"] == (23, 24, 24, 23)
+    layer = layer_parameters(pp4.model, 8, 8)
+    for stage, layers in enumerate((23, 24, 24, 23)):
+        assert stage_parameters(pp4.model, pp4.parallel, stage).expert == layers * layer.expert
+    memory = estimate_memory(pp4, 256, 80.0)
+    notes = {i["name"]: i["note"] for i in memory["items"]}
+    layers = (23, 24, 24, 23)[memory["stage"]]
+    assert f"× {layers} layers ×" in notes["activations"]
+    assert "layers/stage 23/24/24/23" in dry_run(pp4, 256, 80.0)
+    fixed = dataclasses.replace(pp4, parallel=dataclasses.replace(
+        pp4.parallel, first_stage_layers=22, last_stage_layers=24))
+    assert plan_layout(fixed, 256)["trainer"]["stage_layers"] == (22, 24, 24, 24)
 
 
 def test_rollouts_per_step():
@@ -221,9 +242,17 @@ def test_impossible_model_layouts_raise():
     with pytest.raises(ConfigError, match="^discriminator.parallel: TP × PP = 16"):
         plan_layout(wide, 8)
     odd = dataclasses.replace(cfg, discriminator=dataclasses.replace(
-        disc, parallel=dataclasses.replace(disc.parallel, pipeline_parallel_size=3)))
-    with pytest.raises(ConfigError, match="^discriminator.parallel.pipeline_parallel_size: 3"):
+        disc, parallel=dataclasses.replace(disc.parallel, pipeline_parallel_size=3,
+                                           first_stage_layers=5)))
+    with pytest.raises(ConfigError) as info:
         plan_layout(odd, 8)
+    assert str(info.value) == (
+        "discriminator.parallel.first_stage_layers: first_stage_layers=5 leaves 27 of "
+        "discriminator.model.num_layers=32 layers for the other 2 stage(s), which need an "
+        "equal count >= 1 each (leave both null for a balanced split)")
+    balanced = dataclasses.replace(cfg, discriminator=dataclasses.replace(
+        disc, parallel=dataclasses.replace(disc.parallel, pipeline_parallel_size=3)))
+    assert plan_layout(balanced, 8)["discriminator"]["pp"] == 3  # 10/11/11 layers
 
 
 def test_over_budget_is_reported():

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from uniapl_mcore.config import ConfigError, ModelConfig, check
+from uniapl_mcore.config import ConfigError, ModelConfig, check, pipeline_stage_layers
 from uniapl_mcore.discriminator.config import DiscriminatorConfig
 from uniapl_mcore.discriminator.polar_template import PolarTemplate, PolarTriple
 from uniapl_mcore.discriminator.service import DiscriminatorWorker, WorkerSpec
@@ -127,6 +127,10 @@ class DiscriminatorClient:
 
             TorchDistReader(cfg.checkpoint)  # one-line error when it is not a checkpoint
         model = resolve_model_config(cfg)
+        try:  # the checkpoint's layer count against discriminator.parallel's stages
+            pipeline_stage_layers(model.num_layers, cfg.parallel, "the model's num_layers")
+        except ConfigError as err:
+            raise err.within("discriminator.parallel") from None
         check(cfg.max_tokens <= model.max_position_embeddings, "discriminator.max_tokens",
               f"{cfg.max_tokens} exceeds the model's max_position_embeddings="
               f"{model.max_position_embeddings}")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from uniapl_mcore.checkpoint.convert import load_hf_architecture
-from uniapl_mcore.config import ParallelConfig, RunConfig
+from uniapl_mcore.config import ParallelConfig, RunConfig, pipeline_stage_layers
 from uniapl_mcore.megatron.schedule import ModelInputs, run_schedule
 from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
 from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
@@ -90,8 +90,10 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     _, _, model = load_hf_architecture(args.hf)
     model = replace(model, params_dtype=args.dtype)
     parallel = ParallelConfig(tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp,
-                              expert_parallel_size=args.ep)
-    RunConfig(model=model, parallel=parallel)  # the layout's checks (divisibility)
+                              expert_parallel_size=args.ep,
+                              first_stage_layers=args.first_stage_layers,
+                              last_stage_layers=args.last_stage_layers)
+    RunConfig(model=model, parallel=parallel)  # the layout's checks (divisibility, PP split)
     layout = init_parallel(parallel, seed=args.seed)
     try:
         config = transformer_config(model, parallel)
@@ -110,7 +112,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         else:
             result = compare(ours, hf_logits(args.hf, tokens, getattr(torch, args.dtype)))
         result.update(tp=args.tp, pp=args.pp, ep=args.ep, dtype=args.dtype,
-                      tokens=int(tokens.numel()))
+                      tokens=int(tokens.numel()),
+                      stage_layers=list(pipeline_stage_layers(model.num_layers, parallel)))
         return result
     finally:
         layout.destroy()
@@ -124,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
     parser.add_argument("--ep", type=int, default=1)
+    parser.add_argument("--first-stage-layers", type=int, default=None,
+                        help="layers on the first pipeline stage (default: an even split, or "
+                             "a balanced uneven one when --pp does not divide the layers)")
+    parser.add_argument("--last-stage-layers", type=int, default=None,
+                        help="layers on the last pipeline stage (default: as above)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=16)

@@ -20,6 +20,7 @@ from uniapl_mcore.config import (
     ConfigError,
     ModelConfig,
     ParallelConfig,
+    pipeline_stage_layers,
 )
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides
 
     Dropout is 0 (Qwen3 trains without it); on CPU, weights are initialised on CPU so that
     every layout draws the same master weights. ``model.fp8`` and ``model.recompute`` map
-    onto the ``fp8*`` and ``recompute_*`` fields. ``overrides`` pass through verbatim.
+    onto the ``fp8*`` and ``recompute_*`` fields, an uneven pipeline split onto
+    ``num_layers_in_{first,last}_pipeline_stage``. ``overrides`` pass through verbatim.
     """
     from megatron.core.transformer import TransformerConfig
 
@@ -167,11 +169,31 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides
         use_cpu_initialization=not torch.cuda.is_available(),
         calculate_per_token_loss=True,
     )
+    kwargs.update(_pipeline_kwargs(model, parallel))
     if model.num_experts:
         kwargs.update(_moe_kwargs(model, parallel))
     kwargs.update(_fast_path_kwargs(model))
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
+
+
+def _pipeline_kwargs(model: ModelConfig, parallel: ParallelConfig) -> dict[str, Any]:
+    """Megatron's uneven-pipeline fields (``num_layers_in_{first,last}_pipeline_stage``) for
+    the split :func:`~uniapl_mcore.config.pipeline_stage_layers` resolves; none for an even
+    split. Both end stages are always given, so Megatron's middle stages get exactly the
+    resolved count.
+
+    Raises:
+        ConfigError: the split is impossible (field under ``parallel.``).
+    """
+    try:
+        counts = pipeline_stage_layers(model.num_layers, parallel)
+    except ConfigError as err:
+        raise err.within("parallel") from None
+    if len(set(counts)) == 1:
+        return {}
+    return {"num_layers_in_first_pipeline_stage": counts[0],
+            "num_layers_in_last_pipeline_stage": counts[-1]}
 
 
 def _moe_kwargs(model: ModelConfig, parallel: ParallelConfig) -> dict[str, Any]:

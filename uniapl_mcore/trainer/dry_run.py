@@ -55,7 +55,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from uniapl_mcore.config import ConfigError, ModelConfig, ParallelConfig
+from uniapl_mcore.config import ConfigError, ModelConfig, ParallelConfig, pipeline_stage_layers
 from uniapl_mcore.trainer.config import UniaplConfig
 
 logger = logging.getLogger(__name__)
@@ -152,11 +152,12 @@ def head_parameters(model: ModelConfig, tp: int = 1, pp: int = 1) -> int:
 
 
 def stage_parameters(model: ModelConfig, parallel: ParallelConfig, stage: int) -> ParamCount:
-    """Parameters on one GPU of pipeline stage ``stage`` under ``parallel``."""
+    """Parameters on one GPU of pipeline stage ``stage`` under ``parallel`` (its layers as
+    :func:`~uniapl_mcore.config.pipeline_stage_layers` splits them)."""
     tp, pp = parallel.tensor_parallel_size, parallel.pipeline_parallel_size
     layer = layer_parameters(model, tp, parallel.expert_parallel_size,
                              expert_tensor_parallel_size(parallel))
-    layers = model.num_layers // pp
+    layers = pipeline_stage_layers(model.num_layers, parallel)[stage]
     dense = layers * layer.dense
     if stage == 0:
         dense += embedding_parameters(model, tp)
@@ -201,7 +202,7 @@ def _expert_dp(parallel: ParallelConfig, dp: int) -> int:
 
 def _check_model_layout(model: ModelConfig, parallel: ParallelConfig, section: str) -> None:
     """The divisibility the policy's RunConfig checks, for another model (the discriminator)."""
-    tp, pp = parallel.tensor_parallel_size, parallel.pipeline_parallel_size
+    tp = parallel.tensor_parallel_size
     field = f"{section}.parallel"
     if model.num_attention_heads % tp:
         raise ConfigError(f"{field}.tensor_parallel_size", f"{tp} does not divide "
@@ -209,9 +210,10 @@ def _check_model_layout(model: ModelConfig, parallel: ParallelConfig, section: s
     if model.num_query_groups % tp and tp % model.num_query_groups:
         raise ConfigError(f"{field}.tensor_parallel_size", f"{tp} and {section}.model."
                           f"num_query_groups={model.num_query_groups} must divide one another")
-    if model.num_layers % pp:
-        raise ConfigError(f"{field}.pipeline_parallel_size",
-                          f"{pp} does not divide {section}.model.num_layers={model.num_layers}")
+    try:
+        pipeline_stage_layers(model.num_layers, parallel, f"{section}.model.num_layers")
+    except ConfigError as err:
+        raise err.within(field) from None
     _check_experts(model, parallel, section)
 
 
@@ -329,7 +331,7 @@ def plan_layout(cfg: UniaplConfig, world_size: int, *,
         "cp": par.context_parallel_size, "ep": par.expert_parallel_size, "dp": dp,
         "expert_dp": _expert_dp(par, dp) if experts else dp * par.context_parallel_size,
         "sequence_parallel": par.sequence_parallel,
-        "layers_per_stage": model.num_layers // par.pipeline_parallel_size,
+        "stage_layers": pipeline_stage_layers(model.num_layers, par),
         "experts_per_rank": experts // par.expert_parallel_size if experts else 0,
         "distributed_optimizer": cfg.optimizer.use_distributed_optimizer,
         "params_dtype": model.params_dtype,
@@ -487,7 +489,8 @@ def _policy_items(cfg: UniaplConfig, layout: dict[str, Any], stage: int) -> list
     micro = max(s["micro_batches_per_dp_rank"] for s in layout["stages"])
     in_flight = min(t["pp"] - stage, micro)
     tokens = cfg.data.micro_batch_tokens / t["cp"]
-    act = kept_activation_bytes(model, par, tokens, t["layers_per_stage"], in_flight)
+    layers = t["stage_layers"][stage]
+    act = kept_activation_bytes(model, par, tokens, layers, in_flight)
     logits, chunk = (_logits_bytes(model, t["tp"], tokens, cfg.loss.logprob_chunk_tokens)
                      if stage == t["pp"] - 1 else (0.0, 0.0))
     ref = layout["reference"]
@@ -504,7 +507,7 @@ def _policy_items(cfg: UniaplConfig, layout: dict[str, Any], stage: int) -> list
         _Item("optimizer state", o_bytes, o_bytes,
               ("fp32 master + " if DTYPE_BYTES[dtype] < 4 else "") + f"Adam m, v; {shard}"),
         _Item("activations", act, 0.0,
-              f"{in_flight} micro-batch(es) × {t['layers_per_stage']} layers × "
+              f"{in_flight} micro-batch(es) × {layers} layers × "
               f"{tokens:.0f} tokens" + _recompute_note(model)),
         _Item("logits + log-prob chunks", logits + chunk, 0.0,
               "last stage" if logits + chunk else "not on this stage"),
@@ -564,7 +567,7 @@ def _discriminator_item(cfg: UniaplConfig, layout: dict[str, Any]) -> _Item:
         params, model.params_dtype, disc.optimizer.use_distributed_optimizer, 1, 1)
     rows = 2 * max(1, disc.batch_size // 2)
     act = kept_activation_bytes(model, par, rows * disc.max_tokens,
-                                model.num_layers // par.pipeline_parallel_size, 1)
+                                max(pipeline_stage_layers(model.num_layers, par)), 1)
     static = p_bytes + g_bytes + o_bytes + context
     return _Item("discriminator", static + act, static,
                  f"trainable: + grads, optimizer, {rows}×{disc.max_tokens}-token "
@@ -687,6 +690,13 @@ def _billions(n: float) -> str:
     return f"{n / 1e9:.3f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
 
 
+def _stage_layers_text(counts: tuple[int, ...]) -> str:
+    """``47 layers/stage`` (even split) or ``layers/stage 23/24/24/23`` (uneven)."""
+    if len(set(counts)) == 1:
+        return f"{counts[0]} layers/stage"
+    return "layers/stage " + "/".join(map(str, counts))
+
+
 def _layout_lines(layout: dict[str, Any], params: dict[str, int] | None) -> list[str]:
     t = layout["trainer"]
     lines = [f"Layout on {layout['world_size']} trainer GPU(s)"
@@ -695,7 +705,7 @@ def _layout_lines(layout: dict[str, Any], params: dict[str, int] | None) -> list
     moe = (f"; EP {t['ep']} ({t['experts_per_rank']} experts/rank), expert-DP {t['expert_dp']}"
            if t["experts_per_rank"] else "")
     lines.append(f"  trainer        TP {t['tp']} × PP {t['pp']} × CP {t['cp']} → DP {t['dp']}"
-                 f"{moe}; {t['layers_per_stage']} layers/stage"
+                 f"{moe}; {_stage_layers_text(t['stage_layers'])}"
                  + ("; sequence parallel" if t["sequence_parallel"] else ""))
     if params:
         active = f", {_billions(params['active'])} active" if params["active"] != \

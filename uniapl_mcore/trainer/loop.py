@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from uniapl_mcore.config import dump_config
+from uniapl_mcore.config import dump_config, pipeline_stage_layers, stage_layer_range
 from uniapl_mcore.losses import RowKind, objective_weights
 from uniapl_mcore.megatron.checkpointing import barrier, load_checkpoint, unwrap_model
 from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
@@ -82,6 +82,12 @@ class Trainer:
         self.step = int(saved.get("step", 0))
         self.stage_index = int(saved.get("stage", 0))
         self.policy = build_policy(cfg, self.stages[self.stage_index], layout)
+        if layout.pp > 1:
+            mine = stage_layer_range(cfg.model.num_layers, cfg.parallel, layout.pp_rank)
+            logger.info("pipeline stages hold %s layers; this rank's stage %d: layers %d-%d",
+                        "/".join(map(str, pipeline_stage_layers(cfg.model.num_layers,
+                                                                cfg.parallel))),
+                        layout.pp_rank, mine.start, mine.stop - 1)
         self.reference = Reference(cfg, layout) if any(s.needs_reference
                                                        for s in self.stages) else None
         driver = self.driver
