@@ -10,6 +10,8 @@ from uniapl_mcore.rollout.engine import NO_WEIGHTS, update_weights
 from uniapl_mcore.rollout.torch_engine import TorchEngine
 from uniapl_mcore.rollout.types import GenerationRequest, SamplingParams, StaleWeightsError
 
+from .reference import teacher_forced
+
 
 @pytest.fixture(scope="module")
 def engine(tiny_hf):
@@ -22,11 +24,8 @@ def _requests(n: int = 3, **kw) -> list[GenerationRequest]:
                               f"r{i}") for i in range(4)]
 
 
-def _reference_logprobs(model, prompt, tokens) -> torch.Tensor:
-    seq = torch.tensor([list(prompt) + list(tokens)])
-    with torch.no_grad():
-        logp = model(seq).logits.float().log_softmax(-1)[0, len(prompt) - 1:-1]
-    return logp.gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+def _reference_logprobs(model, request: GenerationRequest, tokens) -> torch.Tensor:
+    return teacher_forced(model, request.prompt_ids, tokens, request.sampling)
 
 
 def test_n_samples_per_request_in_order(engine):
@@ -52,11 +51,14 @@ def test_seeded_sampling_is_deterministic_and_batch_independent(engine):
     assert len({s for r in tokens for s in r}) > 4  # samples of one prompt differ
 
 
-def test_logprobs_equal_a_full_forward(engine):
-    requests = _requests(n=2, temperature=0.7)
+@pytest.mark.parametrize("sampling", [{"temperature": 0.7}, {"temperature": 1.3, "top_p": 0.8},
+                                      {"temperature": 0.9, "top_k": 20}, {"temperature": 0}])
+def test_logprobs_equal_a_full_forward(engine, sampling):
+    """The sampled token's log-prob under the distribution it was drawn from."""
+    requests = _requests(n=2, **sampling)
     for request, result in zip(requests, engine.generate(requests), strict=True):
         for sample in result.samples:
-            ref = _reference_logprobs(engine.model, request.prompt_ids, sample.token_ids)
+            ref = _reference_logprobs(engine.model, request, sample.token_ids)
             assert torch.allclose(torch.tensor(sample.logprobs), ref, atol=1e-5)
 
 
@@ -112,7 +114,7 @@ def test_streamed_weights_replace_the_model_without_disk(tiny_hf, tmp_path):
     result = empty.generate([request], weight_version=7)[0]
     assert result.weight_version == 7
     for sample in result.samples:
-        ref = _reference_logprobs(other, request.prompt_ids, sample.token_ids)
+        ref = _reference_logprobs(other, request, sample.token_ids)
         assert torch.allclose(torch.tensor(sample.logprobs), ref, atol=1e-5)
     with pytest.raises(StaleWeightsError, match="holds weight version 7, request needs 8"):
         empty.generate([request], weight_version=8)
@@ -136,7 +138,7 @@ def test_every_family_samples_with_exact_logprobs(family, lean, tmp_path):
     requests = _requests(n=2, temperature=0.8, top_p=0.95)
     for request, result in zip(requests, engine.generate(requests), strict=True):
         for sample in result.samples:
-            ref = _reference_logprobs(engine.model, request.prompt_ids, sample.token_ids)
+            ref = _reference_logprobs(engine.model, request, sample.token_ids)
             assert torch.allclose(torch.tensor(sample.logprobs), ref, atol=1e-5)
 
 

@@ -15,6 +15,8 @@ from uniapl_mcore.config import ConfigError
 from uniapl_mcore.rollout.config import VllmConfig
 from uniapl_mcore.rollout.vllm_engine import CPU_KV_CACHE_BYTES, llm_options
 
+from .reference import teacher_forced
+
 #: in-process engine core (fast start), a small KV cache
 OPTIONS = {"dtype": "float32", "num_threads": 1,
            "vllm": {"multiprocessing": False, "kv_cache_bytes": 64 * 1024**2}}
@@ -88,11 +90,6 @@ def test_inline_transport_needs_an_in_process_engine():
         VllmEngine._pick_transport(VllmConfig(weight_transport="cuda_ipc"), 2)
 
 
-def _teacher_forced(model, prompt, tokens) -> torch.Tensor:
-    seq = torch.tensor([list(prompt) + list(tokens)])
-    with torch.no_grad():
-        logp = model(seq).logits.float().log_softmax(-1)[0, len(prompt) - 1:-1]
-    return logp.gather(-1, torch.tensor(tokens)[:, None])[:, 0]
 
 
 @pytest.mark.slow
@@ -168,7 +165,7 @@ def _worst(model, requests, results, version: int) -> float:
         assert len(result.samples) == 3 and result.weight_version == version
         for sample in result.samples:
             assert len(sample.token_ids) == len(sample.logprobs) == 16
-            ref = _teacher_forced(model, request.prompt_ids, sample.token_ids)
+            ref = teacher_forced(model, request.prompt_ids, sample.token_ids, request.sampling)
             worst = max(worst, (torch.tensor(sample.logprobs) - ref).abs().max().item())
     return worst
 

