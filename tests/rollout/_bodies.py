@@ -36,11 +36,13 @@ def _response_logprobs(gpt, layout, sequences: list[list[int]], starts: list[int
 
 
 def _sample_requests():
+    """Sampled from the full distribution (no top-k / top-p), so the engines' log-probs are
+    the trainer's log-softmax (``rollout.types``)."""
     from uniapl_mcore.rollout.types import GenerationRequest, SamplingParams
 
     return [GenerationRequest(tuple(range(3 + i, 9 + 2 * i)),
-                              SamplingParams(n=2, max_tokens=12, seed=i, temperature=1.0,
-                                             top_k=40), str(i))
+                              SamplingParams(n=2, max_tokens=12, seed=i, temperature=1.0),
+                              str(i))
             for i in range(4)]
 
 

@@ -261,3 +261,44 @@ def test_over_budget_is_reported():
     assert not memory["fits"]
     assert any(w.startswith("training phase needs") for w in memory["warnings"])
     assert "DOES NOT FIT" in dry_run(cfg, 8, 16.0)
+
+
+# --------------------------------------------------------------------------- weight sync
+
+
+@pytest.mark.parametrize("name", sorted(SCALE_CONFIGS))
+def test_sync_estimate_of_each_scale_config(name):
+    from uniapl_mcore.trainer.dry_run import (
+        SYNC_RING_BUCKETS,
+        count_parameters,
+        dry_run,
+        sync_estimate,
+    )
+
+    cfg = _load_example(EXAMPLES / name)
+    world = SCALE_CONFIGS[name]
+    sync = sync_estimate(cfg, plan_layout(cfg, world))
+    model = count_parameters(cfg.model)["total"] * 2  # bf16
+    assert sync["model"] == model
+    assert sync["rank0_out"] == cfg.rollout.num_engines * model
+    sharded = cfg.parallel.model_parallel_size * cfg.parallel.expert_parallel_size > 1
+    if sharded:  # the other model-parallel ranks send their shards to rank 0
+        assert 0 < sync["rank0_in"] < model and 0 < sync["largest_sender"] < model
+    else:  # every rank holds the whole model; rank 0 sends its own copy
+        assert sync["rank0_in"] == sync["largest_sender"] == 0
+    assert sync["seconds"] == pytest.approx((sync["rank0_in"] + sync["rank0_out"]) / 25e9)
+    assert sync["rank0_host"] == 2 * model  # this version + the one kept for restarts
+    assert sync["rank_device"] == SYNC_RING_BUCKETS * cfg.rollout.weight_sync.bucket_bytes
+    report = dry_run(cfg, world)
+    assert "Weight sync per step" in report and "rank 0 receives" in report
+    if name.startswith("qwen3_235b"):  # the figure: ~470 GB through rank 0 per step
+        assert 460e9 < sync["model"] < 480e9
+
+
+def test_sync_estimate_of_one_process():
+    from uniapl_mcore.trainer.dry_run import sync_estimate
+
+    cfg = UniaplConfig()
+    sync = sync_estimate(cfg, plan_layout(cfg, 1))
+    assert sync["largest_sender"] == 0 and sync["rank0_in"] == 0
+    assert sync["readers"] == 1 and sync["rank0_out"] == sync["model"]

@@ -683,6 +683,63 @@ def estimate_memory(cfg: UniaplConfig, world_size: int, gpu_memory_gib: float = 
     }
 
 
+#: link bandwidth the sync estimate assumes (GB/s, one direction): a 200 Gb/s NIC
+SYNC_LINK_GB_S = 25.0
+#: bucket buffers the live exporter keeps per rank during a sync (a ring with prefetch)
+SYNC_RING_BUCKETS = 3
+
+
+def sync_estimate(cfg: UniaplConfig, layout: dict[str, Any],
+                  link_gb_s: float = SYNC_LINK_GB_S) -> dict[str, Any]:
+    """Bytes moved and memory held by one weight sync on today's path (``object_store``):
+    every model-parallel rank of data-parallel replica 0 sends its own shard to global rank
+    0, which puts each HF-named bucket into Ray's object store once; every engine actor then
+    reads the whole model from there.
+
+    Returns (bytes unless stated): ``model`` (the HF weights, trainer dtype), ``rank0_in``
+    (what rank 0 receives), ``rank0_out`` (what leaves rank 0's node for the engines),
+    ``largest_sender`` (the biggest shard another rank sends), ``seconds`` (rank 0's link
+    carrying ``rank0_in + rank0_out`` at ``link_gb_s``; a lower bound: packing, puts and the
+    engines' loads add to it), ``rank0_host`` (object-store bytes at the peak: this version's
+    buckets plus the kept previous version when ``keep_weights_for_restart``) and
+    ``rank_device`` (bucket buffers per rank), and ``link_gb_s``.
+    """
+    width = DTYPE_BYTES[cfg.model.params_dtype]
+    model = count_parameters(cfg.model)["total"] * width
+    shards = [stage_parameters(cfg.model, cfg.parallel, s).total * width
+              for s in range(cfg.parallel.pipeline_parallel_size)]
+    readers = cfg.rollout.num_engines if layout["rollout"]["needed"] else 0
+    rank0_in = max(model - shards[0], 0)
+    rank0_out = readers * model
+    ws = cfg.rollout.weight_sync
+    return {
+        "model": model, "rank0_in": rank0_in, "rank0_out": rank0_out,
+        "largest_sender": max(shards) if cfg.parallel.model_parallel_size
+        * cfg.parallel.expert_parallel_size > 1 else 0,
+        "seconds": (rank0_in + rank0_out) / (link_gb_s * 1e9),
+        "rank0_host": model * (2 if ws.keep_weights_for_restart else 1),
+        "rank_device": SYNC_RING_BUCKETS * min(ws.bucket_bytes, model),
+        "readers": readers, "link_gb_s": link_gb_s,
+    }
+
+
+def _sync_lines(sync: dict[str, Any]) -> list[str]:
+    if not sync["readers"]:
+        return ["Weight sync: no rollout engines"]
+    gb = 1e9
+    return [
+        f"Weight sync per step (object_store through global rank 0; link {sync['link_gb_s']:.0f}"
+        " GB/s)",
+        f"  rank 0 receives {sync['rank0_in'] / gb:.2f} GB of shards and sends "
+        f"{sync['rank0_out'] / gb:.2f} GB to {sync['readers']} engine(s) "
+        f"({sync['model'] / gb:.2f} GB of weights each)",
+        f"  other ranks send their own shard: at most {sync['largest_sender'] / gb:.2f} GB",
+        f"  time ≥ {sync['seconds']:.2f} s (rank 0's link; packing and loads add to it)",
+        f"  peak during sync: rank 0 host {sync['rank0_host'] / GIB:.2f} GiB (object store), "
+        f"each rank {sync['rank_device'] / GIB:.2f} GiB of bucket buffers",
+    ]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -774,7 +831,8 @@ def format_report(layout: dict[str, Any], memory: dict[str, Any]) -> str:
 
 def dry_run(cfg: UniaplConfig, world_size: int, gpu_memory_gib: float = 80.0, *,
             total_gpus: int | None = None) -> str:
-    """The layout and memory report of ``cfg`` on ``world_size`` GPUs of
+    """The layout, memory and weight-sync report of ``cfg`` on ``world_size`` GPUs of
     ``gpu_memory_gib`` GiB each (raises :class:`ConfigError` if the layout is impossible)."""
     memory = estimate_memory(cfg, world_size, gpu_memory_gib, total_gpus=total_gpus)
-    return format_report(memory["layout"], memory)
+    sync = sync_estimate(cfg, memory["layout"])
+    return "\n".join([format_report(memory["layout"], memory), "", *_sync_lines(sync)])
