@@ -49,11 +49,12 @@ def _sample_requests():
 def sync_and_compare(hf: str, mcore: str, ray_address: str, tp: int, num_engines: int,
                      perturb: float, kind: str = "torch", pp: int = 1, syncs: int = 1,
                      options: dict[str, Any] | None = None,
-                     bucket_bytes: int = 1024**2 // 8) -> dict[str, Any] | None:
-    """Megatron at TP=``tp`` x PP=``pp`` → ``syncs`` weight syncs (the weights changed before
-    each) into empty ``kind`` engines → sample → compare the engines' log-probs with the
-    trainer's. Rank 0 returns the findings (``engine_logprobs`` / ``trainer_logprobs``: one
-    list of rows per sync)."""
+                     bucket_bytes: int = 1024**2 // 8, ep: int = 1,
+                     transport: str = "object_store") -> dict[str, Any] | None:
+    """Megatron at TP=``tp`` x PP=``pp`` x EP=``ep`` → ``syncs`` weight syncs (the weights
+    changed before each) by ``transport`` (``object_store`` | ``direct``) into empty ``kind``
+    engines → sample → compare the engines' log-probs with the trainer's. Rank 0 returns the
+    findings (``engine_logprobs`` / ``trainer_logprobs``: one list of rows per sync)."""
     import torch.distributed as dist
 
     from uniapl_mcore.checkpoint.convert import load_hf_architecture
@@ -67,7 +68,8 @@ def sync_and_compare(hf: str, mcore: str, ray_address: str, tp: int, num_engines
     from uniapl_mcore.runtime.parallel import init_parallel
 
     _, bundle, model = load_hf_architecture(hf)
-    parallel = ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp)
+    parallel = ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp,
+                              expert_parallel_size=ep)
     layout = init_parallel(parallel, seed=0)
     try:
         config = transformer_config(model, parallel)
@@ -91,15 +93,20 @@ def sync_and_compare(hf: str, mcore: str, ray_address: str, tp: int, num_engines
                 found["refused_before_sync"] = False
             except PoolError:
                 found["refused_before_sync"] = True
-        exporter = None
+        exporter = direct = None
         for version in range(1, syncs + 1):
             _perturb(gpt, perturb * version)
-            if exporter is None:
+            if transport == "direct":
+                from uniapl_mcore.rollout.weight_sync import DirectSync
+
+                direct = direct or DirectSync([gpt], model, bundle)
+                timings = direct.sync(pool, version, bucket_bytes)
+            else:
                 from uniapl_mcore.checkpoint.live_export import LiveExporter
 
-                exporter = LiveExporter([gpt], model, bundle, dst=0)
-            timings = sync_from_megatron(pool, [gpt], model, bundle, version=version,
-                                         bucket_bytes=bucket_bytes, exporter=exporter)
+                exporter = exporter or LiveExporter([gpt], model, bundle, dst=0)
+                timings = sync_from_megatron(pool, [gpt], model, bundle, version=version,
+                                             bucket_bytes=bucket_bytes, exporter=exporter)
             payload: list[Any] = [None]
             if pool is not None:
                 found["timings"].append(timings)

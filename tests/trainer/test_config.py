@@ -140,8 +140,9 @@ def test_context_parallelism_stays_a_run_config_layout():
 
 
 @pytest.mark.parametrize(("override", "expected"), [
-    ("rollout.weight_sync.transport=nccl", "rollout.weight_sync.transport: 'nccl' is not wired "
-                                          "into the engine pool yet; use 'object_store'"),
+    ("rollout.weight_sync.transport=nccl",
+     "rollout.weight_sync.transport: 'nccl' is not available: use 'direct': stage leaders "
+     "broadcast to the engine workers over NCCL when the model is on CUDA (gloo on CPU)"),
     ("rollout.weight_sync.bucket_bytes=5",
      "rollout.weight_sync.bucket_bytes: must be >= 1 MiB, got 5"),
     ("rollout.vllm.max_model_len=-1", "rollout.vllm.max_model_len: must be > 0, got -1"),
@@ -159,3 +160,13 @@ def test_rollout_sampling_seed_is_refused():
         "rollout.sampling.seed: removed: rollouts are seeded per request (the trainer from "
         "train.seed, the step and the row; generate_teacher from --seed and the row id); "
         "delete the key")
+
+
+def test_direct_weight_sync_keeps_no_copy():
+    """``direct`` keeps nothing to re-sync a restarted engine from: asking for it is refused,
+    and the default resolves per transport."""
+    assert _error(["rollout.weight_sync.transport=direct",
+                   "rollout.weight_sync.keep_weights_for_restart=true"]).startswith(
+        "rollout.weight_sync.keep_weights_for_restart: 'direct' keeps no copy")
+    assert not _load(["rollout.weight_sync.transport=direct"]).rollout.weight_sync.keeps_weights
+    assert _load([]).rollout.weight_sync.keeps_weights

@@ -1,6 +1,7 @@
 """Every objective and a two-stage pipeline run a few steps of the real trainer on CPU
 (Megatron on gloo, Ray torch engines, verifiers, the discriminator actors), with TP=2,
-PP=2 and DP=2 in the matrix; DP=2 matches one process."""
+PP=2 and DP=2 in the matrix (PP=2 GRPO syncs its weights by direct transfer); DP=2 matches
+one process."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ BF16_ENGINE = ["rollout.dtype=bfloat16", "loss.rollout_is.level=sequence",
 # (objective, layout and other overrides, processes, keys that must appear in the records)
 MODES = [
     ("sft", ["parallel.tensor_parallel_size=2"], 2, ["sft/loss"]),
-    ("grpo", ["parallel.pipeline_parallel_size=2"], 2,
+    ("grpo", ["parallel.pipeline_parallel_size=2", "rollout.weight_sync.transport=direct"], 2,
      ["grpo/loss", "rollout/reward_mean", *MISMATCH]),
     ("a_sft", ["loss.adv_on_sft_rows=true"], 1, ["sft/loss", "adv_sft/loss", "disc/loss"]),
     ("a_grpo", ["parallel.tensor_parallel_size=2", *BF16_ENGINE], 2,

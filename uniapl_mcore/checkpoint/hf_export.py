@@ -53,7 +53,7 @@ def write_live_hf_dir(exporter: LiveExporter, out: str | Path, side: str | Path 
     and the tokenizer files copied from ``side``), written by the exporter's receiving rank
     (``dst``), which passes ``side`` and gets ``out`` back; other ranks pass None and get
     None. Tensors are gathered in buckets of ≤ ``bucket_bytes`` (Megatron bytes)."""
-    if exporter.dst is None:
+    if exporter.dst is None or exporter.dst == "stage":
         raise ValueError("write_live_hf_dir needs an exporter with one receiving rank (dst)")
     receives = exporter.rank == exporter.dst
     writer = tmp = None

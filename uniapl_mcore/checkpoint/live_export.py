@@ -9,10 +9,15 @@ assemble the Megatron tensor and split it into HF tensors with the same
 :func:`~uniapl_mcore.models.mapping.to_hf` the offline converter uses (so the stream
 equals ``mcore-to-hf`` output byte for byte).
 
-All ranks must iterate :func:`iter_hf_buckets` together (it runs collectives). Tasks are in
-one global order every rank derives from the model config; bucket boundaries depend only on
-tensor sizes, so every rank yields the same number of buckets (non-receiving ranks yield
-empty lists).
+All ranks must iterate :meth:`LiveExporter.iter_buckets` together (it runs collectives).
+Tasks are in one global order every rank derives from the model config; bucket boundaries
+depend only on tensor sizes, so every rank yields the same number of buckets (non-receiving
+ranks yield empty lists).
+
+With ``dst="stage"`` each pipeline stage exports on its own: the stage's leader (its lowest
+rank holding main replicas) receives the stage's tensors from its TP/EP peers, and the ranks
+of a stage iterate only their stage's tasks, so stages run concurrently and no rank ever
+holds another stage's tensors (direct weight transfer, :mod:`uniapl_mcore.rollout.channel`).
 """
 
 from __future__ import annotations
@@ -63,6 +68,15 @@ def _local_pieces(chunks: list) -> tuple[dict[tuple[str, tuple[int, ...]], torch
                 view = tensor.data.detach().reshape(sizes)
                 data[(tensor.key, tuple(tensor.global_offset))] = view
     return data, shapes
+
+
+def _pipeline_rank() -> int:
+    """This rank's pipeline stage (0 when Megatron's parallel state is not set up)."""
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return 0
+    return parallel_state.get_pipeline_model_parallel_rank()
 
 
 def _nested_values(tree):
@@ -124,12 +138,15 @@ class LiveExporter:
     """Holds the piece directory of a model (exchanged once) and streams its HF tensors.
 
     ``chunks``: this rank's model chunks (DDP-wrapped or bare GPTModel). ``bundle``: the
-    architecture's bundle (names and rules). ``dst``: the rank that receives the tensors, or
-    None for every rank.
+    architecture's bundle (names and rules). ``dst``: the rank that receives the tensors,
+    None for every rank, or ``"stage"`` for each pipeline stage's leader (its own stage's
+    tensors only; see the module docstring).
     """
 
-    def __init__(self, chunks: list, model: ModelConfig, bundle, dst: int | None = 0,
-                 group: dist.ProcessGroup | None = None) -> None:
+    def __init__(self, chunks: list, model: ModelConfig, bundle,
+                 dst: int | str | None = 0, group: dist.ProcessGroup | None = None) -> None:
+        if isinstance(dst, str) and dst != "stage":
+            raise ValueError(f"dst: a rank, None or 'stage', got {dst!r}")
         self.chunks, self.model, self.bundle, self.dst = chunks, model, bundle, dst
         self.group = group
         self.rank = dist.get_rank(group)
@@ -141,11 +158,20 @@ class LiveExporter:
         self.device = next(iter(local.values())).device if local else torch.device("cpu")
         mine = [(key, off, tuple(t.shape), t.dtype) for (key, off), t in local.items()]
         gathered: list = [None] * dist.get_world_size(group)
-        dist.all_gather_object(gathered, (self.rank, mine, shapes), group=group)
+        stage = _pipeline_rank() if dst == "stage" else 0
+        dist.all_gather_object(gathered, (self.rank, mine, shapes, stage), group=group)
         self.pieces: dict[str, list[_Piece]] = {}
         self.global_shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, torch.dtype] = {}
-        for rank, items, key_shapes in gathered:
+        #: pipeline stage of every rank, and each stage's leader (lowest rank with pieces)
+        self.stages = {rank: s for rank, _, _, s in gathered}
+        self.stage = self.stages[self.rank]
+        self.leaders: dict[int, int] = {}
+        self._stage_of: dict[tuple[str, tuple[int, ...]], int] = {}
+        for rank, items, _, s in sorted(gathered, key=lambda g: g[0]):
+            if items:
+                self.leaders.setdefault(s, rank)
+        for rank, items, key_shapes, _ in gathered:
             self.global_shapes.update(key_shapes)
             for key, off, sizes, dtype in items:
                 self.pieces.setdefault(key, []).append(_Piece(key, rank, off, sizes))
@@ -155,8 +181,36 @@ class LiveExporter:
                 raise KeyError(f"live model has no tensor {rule.mcore!r} (rule for {rule.hf})")
 
     def _tasks(self) -> list[tuple[TensorRule, tuple[int, ...]]]:
-        return [(rule, pos) for rule in self.rules
-                for pos in rule.positions(self.model.num_layers, self.model.num_experts)]
+        """Every (rule, position) in global order; with ``dst="stage"`` this rank's stage's
+        only."""
+        tasks = [(rule, pos) for rule in self.rules
+                 for pos in rule.positions(self.model.num_layers, self.model.num_experts)]
+        if self.dst != "stage":
+            return tasks
+        return [task for task in tasks if self._task_stage(*task) == self.stage]
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this rank receives tensors (``dst="stage"``: leads its stage)."""
+        if self.dst == "stage":
+            return self.leaders.get(self.stage) == self.rank
+        return self.dst is None or self.rank == self.dst
+
+    def _task_stage(self, rule: TensorRule, position: tuple[int, ...]) -> int:
+        """The pipeline stage holding the main replicas of a task's region (memoised)."""
+        key = (rule.mcore, position)
+        if key not in self._stage_of:
+            stages = {self.stages[piece.rank] for piece, *_ in self._overlaps(rule, position)}
+            if len(stages) != 1:
+                raise RuntimeError(f"{rule.mcore}{list(position)}: main replicas on pipeline "
+                                   f"stages {sorted(stages)}; expected exactly one")
+            self._stage_of[key] = stages.pop()
+        return self._stage_of[key]
+
+    def _dst(self, rule: TensorRule, position: tuple[int, ...]) -> int | None:
+        if self.dst == "stage":
+            return self.leaders[self._task_stage(rule, position)]
+        return self.dst  # type: ignore[return-value]
 
     def _task_bytes(self, rule: TensorRule, position: tuple[int, ...]) -> int:
         rest = self.global_shapes[rule.mcore][len(position):]
@@ -164,7 +218,8 @@ class LiveExporter:
         return numel * torch.tensor([], dtype=self.dtypes[rule.mcore]).element_size()
 
     def _receives(self) -> bool:
-        return self.dst is None or self.rank == self.dst
+        """Whether this rank receives the tasks it iterates."""
+        return self.is_leader
 
     def _assemble(self, rule: TensorRule, position: tuple[int, ...],
                   local: dict[tuple[str, tuple[int, ...]], torch.Tensor]) -> torch.Tensor | None:
@@ -185,8 +240,32 @@ class LiveExporter:
         """Start collecting the region ``position`` of ``rule.mcore`` into ``out`` (None on
         ranks that do not receive): local pieces are copied now, transfers are posted
         asynchronously into ``pending`` (:meth:`_Pending.finish` completes them)."""
-        full = self.global_shapes[rule.mcore]
-        rest = full[len(position):]
+        receiver = self._dst(rule, position)
+        for piece, src, dst, shape in self._overlaps(rule, position):
+            if piece.rank == self.rank:
+                data = local[(piece.key, piece.offsets)][src]
+                if out is not None:  # straight into place
+                    out[dst] = data.reshape(out[dst].shape)
+                    data = out[dst] if out[dst].is_contiguous() else data
+                if receiver is None or piece.rank != receiver:  # others need it
+                    pending.keep.append(data.contiguous())  # alive until the sends finish
+                    pending.works += self._move(pending.keep[-1], piece.rank, receiver)
+                continue
+            if out is None:
+                continue  # neither owner nor receiver of this piece
+            target = out[dst]
+            if target.is_contiguous():
+                pending.works += self._move(target, piece.rank, receiver)  # in place
+                continue
+            data = torch.empty(shape, dtype=self.dtypes[rule.mcore], device=self.device)
+            pending.works += self._move(data, piece.rank, receiver)
+            pending.copies.append((target, data))
+
+    def _overlaps(self, rule: TensorRule, position: tuple[int, ...]
+                  ) -> Iterator[tuple[_Piece, tuple[slice, ...], tuple[slice, ...], list[int]]]:
+        """The pieces of ``rule.mcore`` overlapping region ``position``: (piece, slices in
+        the piece, slices in the region's tensor, overlap shape)."""
+        rest = self._rest(rule, position)
         lo = (*position, *(0,) * len(rest))
         hi = tuple(p + 1 for p in position) + rest
         for piece in self.pieces[rule.mcore]:
@@ -197,40 +276,18 @@ class LiveExporter:
                 continue
             src = tuple(slice(x - o, y - o) for x, y, o in zip(a, b, piece.offsets, strict=True))
             dst = tuple(slice(x - o, y - o) for x, y, o in zip(a, b, lo, strict=True))
-            dst = dst[len(position):]
-            shape = [y - x for x, y in zip(a, b, strict=True)]
-            if piece.rank == self.rank:
-                data = local[(piece.key, piece.offsets)][src]
-                if out is not None:  # straight into place
-                    out[dst] = data.reshape(out[dst].shape)
-                    data = out[dst] if out[dst].is_contiguous() else data
-                if self._sends(piece):
-                    pending.keep.append(data.contiguous())  # alive until the sends finish
-                    pending.works += self._move(pending.keep[-1], piece.rank)
-                continue
-            if out is None:
-                continue  # neither owner nor receiver of this piece
-            target = out[dst]
-            if target.is_contiguous():
-                pending.works += self._move(target, piece.rank)  # receive in place
-                continue
-            data = torch.empty(shape, dtype=self.dtypes[rule.mcore], device=self.device)
-            pending.works += self._move(data, piece.rank)
-            pending.copies.append((target, data))
+            yield piece, src, dst[len(position):], [y - x for x, y in zip(a, b, strict=True)]
 
-    def _sends(self, piece: _Piece) -> bool:
-        """Whether this rank's own piece must go to other ranks."""
-        return self.dst is None or piece.rank != self.dst
-
-    def _move(self, data: torch.Tensor, owner: int) -> list:
-        """Send ``data`` from ``owner`` to the receivers (async; returns work handles)."""
-        if self.dst is None:
+    def _move(self, data: torch.Tensor, owner: int, receiver: int | None) -> list:
+        """Send ``data`` from ``owner`` to ``receiver`` (None: every rank; async; returns
+        work handles)."""
+        if receiver is None:
             return [dist.broadcast(data, src=owner, group=self.group, async_op=True)]
-        if owner == self.dst:
+        if owner == receiver:
             return []
         if self.rank == owner:
-            return [dist.isend(data, dst=self.dst, group=self.group)]
-        if self.rank == self.dst:
+            return [dist.isend(data, dst=receiver, group=self.group)]
+        if self.rank == receiver:
             return [dist.irecv(data, src=owner, group=self.group)]
         return []
 

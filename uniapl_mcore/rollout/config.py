@@ -107,32 +107,49 @@ class VllmConfig:
 
 @dataclass
 class WeightSyncConfig:
-    """How trainer weights reach the engines.
+    """How trainer weights reach the engines (:mod:`uniapl_mcore.rollout.weight_sync`).
 
-    ``transport``: ``object_store`` (packed buckets through Ray's shared memory; CPU and
-    colocated). ``nccl`` (broadcast into an engine process group; disaggregated GPUs) is
-    refused for now: the vLLM engine and its worker extension can join a trainer's NCCL
-    group and receive broadcasts, but the pool and the trainer do not drive that path yet.
-    ``bucket_bytes``: size bound of one HF-named bucket. The engines' log-probs are compared
-    with the trainer's every step (``mismatch/`` metrics, ``specs/objective.md`` §3.9).
+    ``transport``: ``object_store`` (every tensor gathered to trainer rank 0, which puts
+    packed buckets into Ray's shared-memory object store for the engines) or ``direct``
+    (each pipeline stage's leader gathers its own stage within its TP/EP peers and
+    broadcasts it straight to every engine worker over a process group: gloo on CPU, NCCL
+    when the trainer's model is on CUDA; no rank-0 funnel). ``bucket_bytes``: size bound of
+    one HF-named bucket. ``keep_weights_for_restart``: keep the last version's buckets in
+    the object store so an engine Ray restarts is re-synced at once (``object_store``
+    only; with ``direct`` a restarted engine is not served until the next sync). The
+    engines' log-probs are compared with the trainer's every step (``mismatch/`` metrics,
+    ``specs/objective.md`` §3.9).
     """
 
     #: removed keys, with what to do instead (read by ``config.build_dataclass``)
     REMOVED_KEYS: ClassVar[dict[str, str]] = {
         "check_logprobs_every_steps": "the trainer compares the engines' log-probs with its "
                                       "own every step (mismatch/ metrics); delete the key"}
+    #: removed values, with what to use instead (read by ``config.build_dataclass``)
+    REMOVED_VALUES: ClassVar[dict[str, dict[str, str]]] = {"transport": {
+        "nccl": "use 'direct': stage leaders broadcast to the engine workers over NCCL when "
+                "the model is on CUDA (gloo on CPU)"}}
 
-    transport: Literal["object_store", "nccl"] = "object_store"
+    transport: Literal["object_store", "direct"] = "object_store"
     bucket_bytes: int = 512 * 1024**2
-    keep_weights_for_restart: bool = True
+    keep_weights_for_restart: bool | None = None
 
     def __post_init__(self) -> None:
-        check(self.transport in ("object_store", "nccl"), "weight_sync.transport",
-              f"must be 'object_store' or 'nccl', got {self.transport!r}")
-        check(self.transport != "nccl", "weight_sync.transport",
-              "'nccl' is not wired into the engine pool yet; use 'object_store'")
+        check(self.transport in ("object_store", "direct"), "weight_sync.transport",
+              f"must be 'object_store' or 'direct', got {self.transport!r}")
         check(self.bucket_bytes >= 1024**2, "weight_sync.bucket_bytes",
               f"must be >= 1 MiB, got {self.bucket_bytes}")
+        check(not (self.transport == "direct" and self.keep_weights_for_restart),
+              "weight_sync.keep_weights_for_restart",
+              "'direct' keeps no copy of the weights (a restarted engine waits for the next "
+              "sync); set it to false or null, or use transport: object_store")
+
+    @property
+    def keeps_weights(self) -> bool:
+        """``keep_weights_for_restart`` resolved: default on for ``object_store``."""
+        if self.keep_weights_for_restart is None:
+            return self.transport == "object_store"
+        return self.keep_weights_for_restart
 
 
 @dataclass
@@ -185,8 +202,6 @@ class RolloutConfig:
         check(self.engine == "vllm" or self.engine_tensor_parallel_size == 1,
               "engine_tensor_parallel_size", "the torch engine runs one process per engine; "
               "use 1 (tensor parallelism needs engine: vllm)")
-        check(self.engine == "vllm" or self.weight_sync.transport == "object_store",
-              "weight_sync.transport", "the torch engine receives weights via 'object_store'")
 
     def placement_spec(self, *, gpu_fraction: float = 0.5, timeout_s: float = 60.0,
                        colocate_with=None, bundle_indices: tuple[int, ...] | None = None,

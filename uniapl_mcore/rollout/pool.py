@@ -90,6 +90,30 @@ class EngineActor:
             count = self.engine.load_weights(unpack_bucket(bucket))
         return count, time.perf_counter() - start
 
+    def receivers(self) -> int:
+        """How many processes of this engine receive weights (its workers)."""
+        return int(getattr(self.engine, "num_workers", 1))
+
+    def receive_direct(self, specs: list[dict[str, Any]], first_rank: int
+                       ) -> tuple[int, int, float]:
+        """Receive a direct weight transfer (:mod:`uniapl_mcore.rollout.channel`): every
+        bucket of every channel in ``specs``, this engine's workers at group ranks
+        ``first_rank``...; (tensors loaded, bytes received, seconds)."""
+        start = time.perf_counter()
+        if hasattr(self.engine, "receive_direct"):  # its workers receive themselves
+            count, nbytes = self.engine.receive_direct(specs, first_rank)
+            return count, nbytes, time.perf_counter() - start
+        from uniapl_mcore.rollout.channel import ChannelSet, load_all
+
+        if not hasattr(self, "_channels"):
+            self._channels = ChannelSet()
+        device = getattr(self.engine, "device", torch.device("cpu"))
+        if any(s["backend"] == "gloo" for s in specs):
+            device = torch.device("cpu")  # gloo moves host tensors; the engine copies them
+        count, nbytes = load_all(self._channels.receive(specs, first_rank, device),
+                                 self.engine.load_weights)
+        return count, nbytes, time.perf_counter() - start
+
     def finish_weight_update(self, version: int) -> int:
         self.engine.finish_weight_update(version)
         return self.engine.weight_version
@@ -327,6 +351,61 @@ class EnginePool:
             self.timings[f"sync_{key}"] += value
         self.counters["syncs"] += 1
         return dict(t)
+
+    def begin_direct(self, version: int, specs: list[dict[str, Any]]) -> list:
+        """Open a direct transfer of ``version`` (:mod:`uniapl_mcore.rollout.channel`): every
+        engine begins its update and starts receiving from the channels ``specs`` (one per
+        sending stage, as dicts of :class:`~uniapl_mcore.rollout.channel.ChannelSpec`);
+        returns the receive calls for :meth:`finish_direct`. The senders send meanwhile."""
+        import ray
+
+        if version <= self.version:
+            raise ValueError(f"version must increase: pool at {self.version}, got {version}")
+        self._direct_start = time.perf_counter()
+        ray.get([a.begin_weight_update.remote(version) for a in self.actors])
+        ranks = self.receiver_ranks()
+        return [a.receive_direct.remote(specs, r) for a, r in zip(self.actors, ranks,
+                                                                  strict=True)]
+
+    def receiver_ranks(self) -> list[int]:
+        """Each engine's first group rank in a direct-transfer channel (rank 0 sends)."""
+        import ray
+
+        counts = ray.get([a.receivers.remote() for a in self.actors])
+        return [1 + sum(counts[:i]) for i in range(len(counts))]
+
+    def num_receivers(self) -> int:
+        """Processes that receive a direct transfer (every worker of every engine)."""
+        import ray
+
+        return sum(ray.get([a.receivers.remote() for a in self.actors]))
+
+    def finish_direct(self, calls: list, version: int) -> dict[str, float]:
+        """Wait for the receive ``calls`` of :meth:`begin_direct`, then publish ``version``.
+        Timings (seconds): ``receive_wait_s``, ``finish_s``, ``total_s``; ``bytes``
+        received by one engine; ``load_s`` the slowest engine's receive-and-load time."""
+        import ray
+
+        t: dict[str, float] = {}
+        tick = time.perf_counter()
+        received = ray.get(calls)
+        t["receive_wait_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        self.engine_versions = ray.get([a.finish_weight_update.remote(version)
+                                        for a in self.actors])
+        t["finish_s"] = time.perf_counter() - tick
+        self.version = version
+        self._kept = []  # nothing kept: a restarted engine waits for the next sync
+        stale = [i for i, v in enumerate(self.engine_versions) if v != version]
+        if stale:
+            raise PoolError(f"engines {stale} did not reach weight version {version}")
+        t["total_s"] = time.perf_counter() - self._direct_start
+        t["bytes"] = float(received[0][1])
+        t["load_s"] = max(r[2] for r in received)
+        for key, value in t.items():
+            self.timings[f"sync_{key}"] += value
+        self.counters["syncs"] += 1
+        return t
 
     def _push(self, actors: list, refs: list, version: int) -> list[int]:
         import ray

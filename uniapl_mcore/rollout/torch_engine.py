@@ -86,6 +86,7 @@ class TorchEngine:
         self.eos_ids = _eos_ids(model)
         self.pad_id = self.eos_ids[0] if self.eos_ids else 0
         self._params = dict(self.model.named_parameters(remove_duplicate=False))
+        self._pieces = fused_expert_pieces(self._params)
         self._decoder = StaticDecoder(self.model) if supports(self.model) else None
         self._loaded: set[int] = set()
         self.asleep = False
@@ -99,6 +100,7 @@ class TorchEngine:
     def begin_weight_update(self, version: int) -> None:
         self.guard.begin(version)
         self._loaded = set()
+        self._loaded_pieces: set[str] = set()
 
     def load_weights(self, named: Iterable[tuple[str, torch.Tensor]], share: bool = False
                      ) -> int:
@@ -114,6 +116,13 @@ class TorchEngine:
         start, count = time.perf_counter(), 0
         with torch.no_grad():
             for name, tensor in named:
+                if name in self._pieces:  # one expert's tensor of a fused expert parameter
+                    param, index = self._pieces[name]
+                    _check_shape(name, tensor, param[index])
+                    param[index].copy_(tensor)
+                    self._loaded_pieces.add(name)
+                    count += 1
+                    continue
                 param = self._params.get(name)
                 if param is None:
                     raise KeyError(f"weights: model has no parameter {name!r}")
@@ -130,7 +139,12 @@ class TorchEngine:
         return count
 
     def finish_weight_update(self, version: int) -> None:
-        missing = [n for n, p in self.model.named_parameters() if id(p) not in self._loaded]
+        for name in self._pieces.keys() & self._loaded_pieces:
+            self._loaded.add(id(self._pieces[name][0]))
+        incomplete = {id(p) for n, (p, _) in self._pieces.items()
+                      if n not in self._loaded_pieces}
+        missing = [n for n, p in self.model.named_parameters()
+                   if id(p) not in self._loaded or id(p) in incomplete]
         if missing:
             raise RuntimeError(f"weight update {version} is incomplete: {len(missing)} "
                                f"parameters never sent, e.g. {missing[:3]}")
@@ -321,6 +335,36 @@ class _BatchState:
             row.tokens = tokens[b, :length].tolist()
             row.logprobs = logprobs[b, :length].tolist()
             row.finish = "stop" if stopped else "length"
+
+
+def fused_expert_pieces(params: dict[str, torch.nn.Parameter]
+                        ) -> dict[str, tuple[torch.nn.Parameter, tuple]]:
+    """Checkpoint names of the experts of fused expert parameters → (parameter, index).
+
+    transformers holds a MoE layer's experts as ``experts.gate_up_proj`` [E, 2I, H] (each
+    expert's gate rows, then its up rows) and ``experts.down_proj`` [E, H, I]; checkpoints
+    and weight syncs name them per expert (``experts.{e}.gate_proj.weight`` [I, H], ...).
+    """
+    pieces: dict[str, tuple[torch.nn.Parameter, tuple]] = {}
+    for name, param in params.items():
+        prefix, _, leaf = name.rpartition(".")
+        if not prefix.endswith(".experts") or param.dim() != 3:
+            continue
+        if leaf == "gate_up_proj":
+            half = param.shape[1] // 2
+            for e in range(param.shape[0]):
+                pieces[f"{prefix}.{e}.gate_proj.weight"] = (param, (e, slice(0, half)))
+                pieces[f"{prefix}.{e}.up_proj.weight"] = (param, (e, slice(half, 2 * half)))
+        elif leaf == "down_proj":
+            for e in range(param.shape[0]):
+                pieces[f"{prefix}.{e}.down_proj.weight"] = (param, (e,))
+    return pieces
+
+
+def _check_shape(name: str, tensor: torch.Tensor, target: torch.Tensor) -> None:
+    if tuple(target.shape) != tuple(tensor.shape):
+        raise ValueError(f"weights: {name} has shape {tuple(tensor.shape)}, model expects "
+                         f"{tuple(target.shape)}")
 
 
 def _eos_ids(model) -> tuple[int, ...]:

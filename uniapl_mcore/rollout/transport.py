@@ -60,12 +60,12 @@ class PackedBucket:
         return int(self.buffer.nbytes)
 
 
-def _flat_metas(named: Sequence[tuple[str, torch.Tensor]]) -> list[TensorMeta] | None:
-    """Metadata of a host :class:`~uniapl_mcore.checkpoint.live_export.FlatBucket` whose
-    tensors are contiguous, aligned views of its buffer; None when it cannot be shipped
-    as is."""
+def flat_metas(named: Sequence[tuple[str, torch.Tensor]]) -> list[TensorMeta] | None:
+    """Metadata of a :class:`~uniapl_mcore.checkpoint.live_export.FlatBucket` (on any
+    device) whose tensors are contiguous, aligned views of its buffer; None when it cannot
+    be shipped as is."""
     buffer = getattr(named, "buffer", None)
-    if buffer is None or buffer.device.type != "cpu" or buffer.dtype != torch.uint8:
+    if buffer is None or buffer.dtype != torch.uint8:
         return None
     base, size, metas = buffer.data_ptr(), buffer.numel(), []
     for name, tensor in named:
@@ -85,7 +85,8 @@ def pack_bucket(named: Sequence[tuple[str, torch.Tensor]]) -> PackedBucket:
     A flat bucket from the live exporter (host tensors that are aligned views of one byte
     buffer) is wrapped without copying: the packed buffer shares its memory.
     """
-    flat = _flat_metas(named)
+    flat = flat_metas(named) if getattr(named, "buffer", None) is not None \
+        and named.buffer.device.type == "cpu" else None  # type: ignore[attr-defined]
     if flat is not None:
         return PackedBucket(named.buffer.numpy(), flat)  # type: ignore[attr-defined]
     metas, offset = [], 0

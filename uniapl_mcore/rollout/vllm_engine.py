@@ -7,9 +7,10 @@ lazily.
   every request of a call submitted at once so vLLM batches them continuously.
 - Weights: the worker extension :class:`~uniapl_mcore.rollout.vllm_worker.UniaplWorkerExtension`
   owns the update on vLLM's workers (a layerwise reload session per version; buckets by
-  ``inline`` tensors, a ``/dev/shm`` file or CUDA IPC; NCCL broadcast for disaggregated
-  GPUs). The engine calls it by name through ``collective_rpc``, which works whether vLLM's
-  engine core runs in this process or in its own.
+  ``inline`` tensors, a ``/dev/shm`` file or CUDA IPC; or received by the workers
+  themselves from the trainer's stage leaders, ``weight_sync.transport: direct``). The
+  engine calls it by name through ``collective_rpc``, which works whether vLLM's engine core
+  runs in this process or in its own.
 - Platform: on CPU the KV cache is sized in bytes (``kv_cache_memory_bytes``; vLLM would
   otherwise take a share of host RAM), the model runs eager, sleep mode does not exist
   (:meth:`VllmEngine.sleep` only marks the engine asleep), and a head size the CPU attention
@@ -196,6 +197,7 @@ class VllmEngine:
             raise ValueError("num_threads: CPU engines only")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if options.multiprocessing else "0"
         self.transport = self._pick_transport(options, tensor_parallel_size)
+        self.tensor_parallel_size = tensor_parallel_size
         self._vllm = vllm_module
         start = time.perf_counter()
         set_threads = torch.set_num_threads  # vLLM's CPU worker replaces it in its process
@@ -336,16 +338,21 @@ class VllmEngine:
                 pass
         self._files = []
 
-    def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
-        """Join the NCCL weight-broadcast group (trainer rank 0 is group rank 0; GPU only)."""
-        self.llm.collective_rpc("uniapl_init_weight_group",
-                                args=(host, port, rank_offset, world_size))
+    @property
+    def num_workers(self) -> int:
+        """vLLM worker processes of this engine (each receives a direct transfer)."""
+        return self.tensor_parallel_size
 
-    def receive_broadcast(self, metas: list[tuple[str, str, tuple[int, ...]]]) -> int:
-        """Receive one bucket the trainer broadcasts (names, dtypes, shapes in order)."""
+    def receive_direct(self, specs: list[dict[str, Any]], first_rank: int) -> tuple[int, int]:
+        """Every worker receives a direct transfer from the channels ``specs`` (worker ``r``
+        at group rank ``first_rank + r``) into the open session; (tensors, bytes) of one
+        worker."""
         if self.guard.pending is None:
-            raise RuntimeError("receive_broadcast outside begin/finish_weight_update")
-        return int(self.llm.collective_rpc("uniapl_receive_broadcast", args=(metas,))[0])
+            raise RuntimeError("receive_direct outside begin/finish_weight_update")
+        start = time.perf_counter()
+        counts = self.llm.collective_rpc("uniapl_receive_direct", args=(specs, first_rank))
+        self.stats["load_s"] += time.perf_counter() - start
+        return int(counts[0][0]), int(counts[0][1])
 
     # ------------------------------------------------------------------ lifecycle
     def sleep(self, level: int = 1) -> None:

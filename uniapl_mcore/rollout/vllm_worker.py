@@ -25,8 +25,9 @@ How a bucket reaches the worker (``transport``):
   :mod:`uniapl_mcore.rollout.transport`), mapped without copying; any platform, any
   process on the node;
 - ``cuda_ipc``: a CUDA byte buffer shared by IPC handle (pickled by the engine), GPU only;
-- NCCL broadcast from the trainer (:meth:`uniapl_init_weight_group`,
-  :meth:`uniapl_receive_broadcast`), GPU only.
+- direct transfer (:meth:`uniapl_receive_direct`): the worker itself receives the trainer's
+  broadcasts over a process group (gloo on CPU, NCCL on GPU;
+  :mod:`uniapl_mcore.rollout.channel`).
 
 CUDA is touched only when the worker's device is a CUDA device (no synchronize on CPU).
 """
@@ -141,31 +142,25 @@ class UniaplWorkerExtension:
                                f"never written, e.g. {missing[:3]}")
         return count
 
-    # ------------------------------------------------------------------ NCCL (GPU)
-    def uniapl_init_weight_group(self, host: str, port: int, rank_offset: int,
-                                 world_size: int) -> bool:
-        """Join the trainer's NCCL weight-broadcast group (trainer rank 0 is group rank 0)."""
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-        from vllm.distributed.utils import StatelessProcessGroup
+    # ------------------------------------------------------------------ direct transfer
+    def uniapl_receive_direct(self, specs: list[dict[str, Any]], first_rank: int
+                              ) -> tuple[int, int]:
+        """Receive every bucket the trainer's stage leaders broadcast over the channels
+        ``specs`` (:mod:`uniapl_mcore.rollout.channel`; this worker at group rank
+        ``first_rank + self.rank``) and load them into the open session; the channels stay
+        open for the next update. Returns (tensors, bytes)."""
+        from uniapl_mcore.rollout.channel import ChannelSet, load_all
 
-        if self.device.type != "cuda":
-            raise RuntimeError("weight_sync.transport=nccl needs CUDA engines")
-        group = StatelessProcessGroup.create(host=host, port=port,
-                                             rank=rank_offset + self.rank,
-                                             world_size=world_size)
-        self._uniapl_group = PyNcclCommunicator(group, device=self.device)
-        return True
+        if not hasattr(self, "_uniapl_loaded"):
+            raise RuntimeError("uniapl_receive_direct outside a weight update session")
+        if not hasattr(self, "_uniapl_channels"):
+            self._uniapl_channels = ChannelSet()
+        gloo = any(spec["backend"] == "gloo" for spec in specs)
+        device = torch.device("cpu") if gloo else self.device
 
-    def uniapl_receive_broadcast(self, metas: list[tuple[str, str, tuple[int, ...]]],
-                                 src: int = 0) -> int:
-        """Receive one bucket the trainer broadcasts (names, dtypes, shapes in order) and
-        load it into the open session."""
-        group = self._uniapl_group
-        named = []
-        stream = torch.cuda.current_stream(self.device)
-        for name, dtype, shape in metas:
-            tensor = torch.empty(tuple(shape), dtype=getattr(torch, dtype), device=self.device)
-            group.broadcast(tensor, src=src, stream=stream)
-            named.append((name, tensor))
-        stream.synchronize()
-        return self._uniapl_load(named)
+        def load(named: list[tuple[str, torch.Tensor]]) -> int:
+            self._uniapl_keep.append(named)  # the pending layers may still read them
+            return self._uniapl_load(named)
+
+        return load_all(self._uniapl_channels.receive(specs, first_rank + self.rank, device),
+                        load)

@@ -717,7 +717,7 @@ def sync_estimate(cfg: UniaplConfig, layout: dict[str, Any],
         "largest_sender": max(shards) if cfg.parallel.model_parallel_size
         * cfg.parallel.expert_parallel_size > 1 else 0,
         "seconds": (rank0_in + rank0_out) / (link_gb_s * 1e9),
-        "rank0_host": model * (2 if ws.keep_weights_for_restart else 1),
+        "rank0_host": model * (2 if ws.keeps_weights else 1),
         "rank_device": SYNC_RING_BUCKETS * min(ws.bucket_bytes, model),
         "readers": readers, "link_gb_s": link_gb_s,
     }

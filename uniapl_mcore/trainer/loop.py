@@ -105,8 +105,13 @@ class Trainer:
         from uniapl_mcore.checkpoint.live_export import LiveExporter
         from uniapl_mcore.trainer.rollouts import policy_bundle
 
-        self.exporter = LiveExporter([unwrap_model(c) for c in self.policy.chunks], cfg.model,
-                                     policy_bundle(cfg.model), dst=0)
+        chunks = [unwrap_model(c) for c in self.policy.chunks]
+        self.exporter = LiveExporter(chunks, cfg.model, policy_bundle(cfg.model), dst=0)
+        self.direct_sync = None
+        if cfg.rollout.weight_sync.transport == "direct":
+            from uniapl_mcore.rollout.weight_sync import DirectSync
+
+            self.direct_sync = DirectSync(chunks, cfg.model, policy_bundle(cfg.model))
         if layout.rank == 0:
             from uniapl_mcore.trainer.metrics_log import MetricsLog
 
@@ -207,10 +212,13 @@ class Trainer:
         from uniapl_mcore.trainer.rollouts import policy_bundle
 
         pool = self.driver.engine_pool if self.driver is not None else None
+        bucket_bytes = self.cfg.rollout.weight_sync.bucket_bytes
+        if self.direct_sync is not None:
+            self.direct_sync.sync(pool, self.step, bucket_bytes)
+            return
         sync_from_megatron(pool, [unwrap_model(c) for c in self.policy.chunks], self.cfg.model,
                            policy_bundle(self.cfg.model), version=self.step,
-                           bucket_bytes=self.cfg.rollout.weight_sync.bucket_bytes,
-                           exporter=self.exporter)
+                           bucket_bytes=bucket_bytes, exporter=self.exporter)
 
     # ------------------------------------------------------------------ evaluation, logs
 

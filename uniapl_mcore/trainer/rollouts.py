@@ -109,7 +109,7 @@ class RolloutService:
             cfg.num_engines, cpus_per_engine=cfg.cpus_per_engine if placement is None else 0,
             gpus_per_engine=cfg.gpus_per_engine if placement is None else 0,
             requests_per_call=cfg.requests_per_call, max_retries=cfg.max_retries,
-            keep_weights_for_restart=cfg.weight_sync.keep_weights_for_restart,
+            keep_weights_for_restart=cfg.weight_sync.keeps_weights,
             call_timeout_s=cfg.call_timeout_s, placement=placement)
         logger.info("rollout engines: %d x %s, %s", cfg.num_engines, cfg.engine, cfg.placement)
 
