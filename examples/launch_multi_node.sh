@@ -101,6 +101,8 @@ if [[ -z "${NODE_IP:-}" ]] && is_loopback "$MASTER_ADDR"; then
     NODE_IP=127.0.0.1
 fi
 NODE_IP="${NODE_IP:-}"
+# the trainer reads it too: a stage leader's weight channel (transport: direct) listens here
+[[ -z "$NODE_IP" ]] || export NODE_IP
 if [[ -n "$NODE_IP" ]] && is_loopback "$NODE_IP"; then
     is_loopback "$MASTER_ADDR" || die "NODE_IP=$NODE_IP is loopback but MASTER_ADDR=$MASTER_ADDR" \
         "is not: other nodes could not reach this one"

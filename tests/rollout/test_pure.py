@@ -86,5 +86,8 @@ def test_rollout_config_validation():
         SamplingConfig(max_new_tokens=0)
     with pytest.raises(ConfigError, match="weight_sync.bucket_bytes"):
         WeightSyncConfig(bucket_bytes=10)
-    with pytest.raises(ConfigError, match="weight_sync.transport: 'nccl' is not wired"):
-        WeightSyncConfig(transport="nccl")
+    with pytest.raises(ConfigError, match="weight_sync.transport: must be 'object_store' or "
+                                          "'direct', got 'nccl'"):
+        WeightSyncConfig(transport="nccl")  # from a file, the refusal names 'direct'
+    with pytest.raises(ConfigError, match="keep_weights_for_restart: 'direct' keeps no copy"):
+        WeightSyncConfig(transport="direct", keep_weights_for_restart=True)

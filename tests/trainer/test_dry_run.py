@@ -302,3 +302,23 @@ def test_sync_estimate_of_one_process():
     sync = sync_estimate(cfg, plan_layout(cfg, 1))
     assert sync["largest_sender"] == 0 and sync["rank0_in"] == 0
     assert sync["readers"] == 1 and sync["rank0_out"] == sync["model"]
+
+
+def test_direct_sync_estimate_has_no_rank0_funnel():
+    """``transport: direct`` on the 235B example: each stage's leader sends its own stage
+    once, no rank holds the model, and the estimate is far below the object-store one."""
+    from uniapl_mcore.trainer.dry_run import dry_run, sync_estimate
+
+    name = next(n for n in SCALE_CONFIGS if n.startswith("qwen3_235b"))
+    cfg = _load_example(EXAMPLES / name)
+    world = SCALE_CONFIGS[name]
+    funnel = sync_estimate(cfg, plan_layout(cfg, world))
+    cfg.rollout.weight_sync = type(cfg.rollout.weight_sync)(transport="direct")
+    direct = sync_estimate(cfg, plan_layout(cfg, world))
+    stages = cfg.parallel.pipeline_parallel_size
+    assert direct["senders"] == stages and direct["rank0_host"] == 0
+    assert direct["model"] == funnel["model"]
+    assert direct["rank0_out"] < funnel["model"] / stages * 1.2  # its own stage only
+    assert direct["seconds"] == pytest.approx(direct["largest_sender"] / 25e9)
+    assert direct["seconds"] < funnel["seconds"] / 5
+    assert "direct:" in dry_run(cfg, world)

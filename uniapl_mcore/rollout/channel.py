@@ -21,7 +21,9 @@ import datetime
 import json
 import logging
 import os
+import queue
 import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -121,7 +123,34 @@ class WeightChannel:
 
     # ------------------------------------------------------------------ receiver
     def receive_buckets(self) -> Iterator[list[tuple[str, torch.Tensor]]]:
-        """Buckets as (HF name, tensor) views of fresh buffers, until the sender ends."""
+        """Buckets as (HF name, tensor) views of fresh buffers, until the sender ends.
+
+        A helper thread receives ahead (at most two buckets beyond the one the caller
+        holds), so the sender's next broadcast overlaps the caller's load of this one."""
+        ahead: queue.Queue = queue.Queue(maxsize=1)
+
+        def receive() -> None:
+            try:
+                if self.device.type == "cuda":
+                    torch.cuda.set_device(self.device)
+                for bucket in self._receive():
+                    ahead.put(bucket)
+                ahead.put(None)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller
+                ahead.put(err)
+
+        thread = threading.Thread(target=receive, name="uniapl-weight-receive", daemon=True)
+        thread.start()
+        while True:
+            item = ahead.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        thread.join()
+
+    def _receive(self) -> Iterator[list[tuple[str, torch.Tensor]]]:
         while True:
             header = torch.zeros(2, dtype=torch.int64, device=self.device)
             self.broadcast(header)

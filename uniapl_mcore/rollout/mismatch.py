@@ -33,19 +33,23 @@ def mismatch_metrics(rollout_logprobs: torch.Tensor, trainer_logprobs: torch.Ten
       unbiased for KL(rollout || train));
     - ``ratio_mean`` / ``ratio_max``: of r; ``tokens``: the denominator.
     """
+    from uniapl_mcore.losses.rollout_correction import mismatch_metrics as step_metrics
+
     weights = _check(rollout_logprobs, trainer_logprobs, mask)
     tokens = weights.sum()
     if tokens == 0:
         return {"mean_abs_diff": 0.0, "max_abs_diff": 0.0, "kl_k1": 0.0, "kl_k3": 0.0,
                 "ratio_mean": 1.0, "ratio_max": 1.0, "tokens": 0.0}
+    # |δ| and k3 exactly as the trainer's per-step mismatch/ metrics (one micro-batch here)
+    summable, maxima = step_metrics(trainer_logprobs, rollout_logprobs, weights, float(tokens))
     log_r = (trainer_logprobs.double() - rollout_logprobs.double()) * weights
     ratio = log_r.exp()
     on = weights > 0
     return {
-        "mean_abs_diff": float(log_r.abs().sum() / tokens),
-        "max_abs_diff": float(log_r.abs()[on].max()),
+        "mean_abs_diff": float(summable["mismatch/abs_diff_mean"]),
+        "max_abs_diff": float(maxima["mismatch/abs_diff_max"]),
         "kl_k1": float(-log_r.sum() / tokens),
-        "kl_k3": float(((ratio - 1 - log_r) * weights).sum() / tokens),
+        "kl_k3": float(summable["mismatch/k3"]),
         "ratio_mean": float((ratio * weights).sum() / tokens),
         "ratio_max": float(ratio[on].max()),
         "tokens": float(tokens),

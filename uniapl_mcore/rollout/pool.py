@@ -114,6 +114,19 @@ class EngineActor:
                                  self.engine.load_weights)
         return count, nbytes, time.perf_counter() - start
 
+    def receive_bare(self, specs: list[dict[str, Any]], first_rank: int) -> tuple[int, float]:
+        """Receive a stream from the channels ``specs`` and drop it (the transport's own
+        floor, for benchmarks; the engine's weights are untouched); (bytes, seconds). Only
+        for engines whose actor receives (not vLLM's workers)."""
+        from uniapl_mcore.rollout.channel import ChannelSet, load_all
+
+        start = time.perf_counter()
+        if not hasattr(self, "_channels"):
+            self._channels = ChannelSet()
+        _, nbytes = load_all(self._channels.receive(specs, first_rank, torch.device("cpu")),
+                             len)
+        return nbytes, time.perf_counter() - start
+
     def finish_weight_update(self, version: int) -> int:
         self.engine.finish_weight_update(version)
         return self.engine.weight_version

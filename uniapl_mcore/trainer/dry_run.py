@@ -691,8 +691,8 @@ SYNC_RING_BUCKETS = 3
 
 def sync_estimate(cfg: UniaplConfig, layout: dict[str, Any],
                   link_gb_s: float = SYNC_LINK_GB_S) -> dict[str, Any]:
-    """Bytes moved and memory held by one weight sync on today's path (``object_store``):
-    every model-parallel rank of data-parallel replica 0 sends its own shard to global rank
+    """Bytes moved and memory held by one weight sync. ``object_store``: every model-parallel
+    rank of data-parallel replica 0 sends its own shard to global rank
     0, which puts each HF-named bucket into Ray's object store once; every engine actor then
     reads the whole model from there.
 
@@ -709,10 +709,13 @@ def sync_estimate(cfg: UniaplConfig, layout: dict[str, Any],
     shards = [stage_parameters(cfg.model, cfg.parallel, s).total * width
               for s in range(cfg.parallel.pipeline_parallel_size)]
     readers = cfg.rollout.num_engines if layout["rollout"]["needed"] else 0
+    ws = cfg.rollout.weight_sync
+    if ws.transport == "direct":
+        return _direct_estimate(cfg, model, shards, readers, link_gb_s)
     rank0_in = max(model - shards[0], 0)
     rank0_out = readers * model
-    ws = cfg.rollout.weight_sync
     return {
+        "transport": "object_store",
         "model": model, "rank0_in": rank0_in, "rank0_out": rank0_out,
         "largest_sender": max(shards) if cfg.parallel.model_parallel_size
         * cfg.parallel.expert_parallel_size > 1 else 0,
@@ -723,10 +726,48 @@ def sync_estimate(cfg: UniaplConfig, layout: dict[str, Any],
     }
 
 
+def _direct_estimate(cfg: UniaplConfig, model: int, shards: list[int], readers: int,
+                     link_gb_s: float) -> dict[str, Any]:
+    """:func:`sync_estimate` for ``transport: direct``: each stage's leader gathers its
+    stage from its TP/EP peers (receiving all but its own part) and broadcasts the stage
+    once to every engine worker (NCCL pipelines one broadcast through all receivers, so the
+    leader's link carries the stage once); the stages send concurrently, so ``seconds`` is
+    the largest stage over one link (the gathers, inside a stage, are not counted). Same
+    keys, with ``rank0_*`` being stage 0's leader and ``largest_sender`` the largest stage;
+    no object store (``rank0_host`` 0)."""
+    from dataclasses import replace
+
+    width = DTYPE_BYTES[cfg.model.params_dtype]
+    unsharded = replace(cfg.parallel, tensor_parallel_size=1, expert_parallel_size=1,
+                        context_parallel_size=1, sequence_parallel=False)
+    stages = [stage_parameters(cfg.model, unsharded, s).total * width
+              for s in range(len(shards))]
+    gathered = [max(stage - own, 0) for stage, own in zip(stages, shards, strict=True)]
+    slowest = max(stages)  # the gathers run inside a stage's nodes (NVLink): not counted
+    ring = SYNC_RING_BUCKETS * min(cfg.rollout.weight_sync.bucket_bytes, model)
+    return {"transport": "direct", "model": model, "rank0_in": gathered[0],
+            "rank0_out": stages[0] if readers else 0, "largest_sender": max(stages),
+            "seconds": slowest / (link_gb_s * 1e9) if readers else 0.0, "rank0_host": 0,
+            "rank_device": ring, "readers": readers, "link_gb_s": link_gb_s,
+            "senders": len(shards)}
+
+
 def _sync_lines(sync: dict[str, Any]) -> list[str]:
     if not sync["readers"]:
         return ["Weight sync: no rollout engines"]
     gb = 1e9
+    if sync["transport"] == "direct":
+        return [
+            f"Weight sync per step (direct: {sync['senders']} stage leader(s) broadcast to "
+            f"{sync['readers']} engine(s); link {sync['link_gb_s']:.0f} GB/s)",
+            f"  stage 0's leader (rank 0) gathers {sync['rank0_in'] / gb:.2f} GB from its "
+            f"TP/EP peers and broadcasts {sync['rank0_out'] / gb:.2f} GB; the largest stage "
+            f"is {sync['largest_sender'] / gb:.2f} GB",
+            f"  time ≥ {sync['seconds']:.2f} s (the largest stage over one link; the "
+            "gathers inside the stage and the loads add to it)",
+            f"  peak during sync: no object store; each rank "
+            f"{sync['rank_device'] / GIB:.2f} GiB of bucket buffers",
+        ]
     return [
         f"Weight sync per step (object_store through global rank 0; link {sync['link_gb_s']:.0f}"
         " GB/s)",
