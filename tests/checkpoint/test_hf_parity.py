@@ -91,3 +91,16 @@ def test_polar_hub_layout_from_bin_shards_matches_reference(tmp_path):
     print(f"POLAR hub layout, TP=2: {report}")
     assert report["max_abs_score_diff"] <= 1e-4, report
     assert len(set(report["scores"])) == len(report["scores"])
+
+
+@pytest.mark.parametrize("problem", ["missing", "bad-json"])
+def test_check_parity_bad_hf_dir_is_one_line(tmp_path, capsys, problem):
+    from uniapl_mcore.megatron.parity import main
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    if problem == "bad-json":
+        (hf / "config.json").write_text("{not json")
+    assert main(["--hf", str(hf), "--mcore", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"check_parity: {hf / 'config.json'}: ") and "\n" not in err

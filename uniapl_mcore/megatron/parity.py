@@ -140,8 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the comparison; 0 and one JSON line on success, 2 with one line on bad input
+    (a model directory, checkpoint or layout that cannot be used)."""
+    from uniapl_mcore.checkpoint.hf_io import CheckpointError
+    from uniapl_mcore.config import ConfigError
+
     args = build_parser().parse_args(argv)
-    result = run(args)
+    try:
+        result = run(args)
+    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+        print(f"check_parity: {err}", file=sys.stderr)
+        return 2
     if result is not None:
         print(json.dumps(result), flush=True)
     return 0
