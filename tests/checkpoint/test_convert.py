@@ -207,3 +207,25 @@ def test_internlm2_reward_round_trip(tmp_path, dtype):
     source, result = _tensors(hf), _tensors(back)
     assert set(source) == set(result)
     assert all(torch.equal(source[k], result[k]) and result[k].dtype == dtype for k in source)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe", "qwen2", "llama"])
+def test_bundle_hf_config_inverts_model_config(tmp_path, family):
+    """``bundle.hf_config(model)`` read back by ``bundle.model_config`` gives ``model``; the
+    config loads in transformers as the family's class."""
+    import json
+
+    import transformers
+
+    from tests.checkpoint.hf_models import save_tiny
+    from uniapl_mcore.checkpoint.convert import load_hf_architecture
+    from uniapl_mcore.models.hf_config import HFConfig
+
+    _, bundle, model = load_hf_architecture(save_tiny(tmp_path / "hf", family))
+    written = bundle.hf_config(model, eos_token_id=1, pad_token_id=0)
+    again = bundle.model_config(HFConfig(json.loads(json.dumps(written)), "config.json"))
+    assert again == model
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.json").write_text(json.dumps(written))
+    loaded = transformers.AutoConfig.from_pretrained(tmp_path / "out")
+    assert loaded.model_type == bundle.name and loaded.eos_token_id == 1

@@ -45,6 +45,44 @@ class DecoderBundle:
         hf.finish()
         return config
 
+    def hf_config(self, model: ModelConfig, eos_token_id: int | None = None,
+                  pad_token_id: int | None = None) -> dict[str, Any]:
+        """The Hugging Face ``config.json`` of ``model`` in this family (the inverse of
+        :meth:`model_config`); raises ConfigError naming a field the family cannot hold."""
+        if model.qk_norm != self.qk_norm:
+            has = "has" if self.qk_norm else "has no"
+            raise ConfigError("model.qk_norm", f"{self.name} {has} q/k norms; set qk_norm: "
+                                               f"{str(self.qk_norm).lower()}")
+        if model.qkv_bias and not self.allow_attention_bias:
+            raise ConfigError("model.qkv_bias", f"{self.name} has no attention biases")
+        if bool(model.num_experts) != self.moe:
+            raise ConfigError("model.num_experts", f"{self.name} is "
+                                                   f"{'a' if self.moe else 'not a'} MoE family")
+        config: dict[str, Any] = {
+            "architectures": [self.architectures[0]], "model_type": self.name,
+            "vocab_size": model.vocab_size, "hidden_size": model.hidden_size,
+            "intermediate_size": model.ffn_hidden_size, "num_hidden_layers": model.num_layers,
+            "num_attention_heads": model.num_attention_heads,
+            "num_key_value_heads": model.num_query_groups, "head_dim": model.head_dim,
+            "max_position_embeddings": model.max_position_embeddings,
+            "rope_theta": model.rope_theta, "rms_norm_eps": model.rms_norm_eps,
+            "tie_word_embeddings": model.tie_word_embeddings,
+            "attention_bias": model.qkv_bias, "hidden_act": "silu",
+            "torch_dtype": model.params_dtype, "use_cache": True,
+        }
+        if eos_token_id is not None:
+            config["eos_token_id"] = eos_token_id
+        if pad_token_id is not None:
+            config["pad_token_id"] = pad_token_id
+        if self.moe:
+            config.update({"num_experts": model.num_experts,
+                           "num_experts_per_tok": model.moe_router_topk,
+                           "moe_intermediate_size": model.moe_ffn_hidden_size,
+                           "norm_topk_prob": model.moe_norm_topk_prob,
+                           "router_aux_loss_coef": model.moe_aux_loss_coeff,
+                           "decoder_sparse_step": 1, "mlp_only_layers": []})
+        return config
+
     def _attention_kwargs(self, hf: HFConfig) -> dict[str, Any]:
         heads = hf.take("num_attention_heads", kind=int)
         hidden = hf.take("hidden_size", kind=int)

@@ -17,30 +17,12 @@ logger = logging.getLogger(__name__)
 
 
 def hf_config_dict(model: ModelConfig, eos_token_id: int, pad_token_id: int) -> dict[str, Any]:
-    """The Hugging Face ``config.json`` of a Qwen3 / Qwen3-MoE policy described by ``model``."""
+    """The Hugging Face ``config.json`` of the policy (the engines load it as Qwen3 /
+    Qwen3-MoE: :func:`policy_bundle`)."""
     if not model.qk_norm:
         raise ConfigError("model.qk_norm", "the rollout engines load the policy as Qwen3, which "
                                            "has q/k norms; set qk_norm: true")
-    config: dict[str, Any] = {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
-        "vocab_size": model.vocab_size, "hidden_size": model.hidden_size,
-        "intermediate_size": model.ffn_hidden_size, "num_hidden_layers": model.num_layers,
-        "num_attention_heads": model.num_attention_heads,
-        "num_key_value_heads": model.num_query_groups, "head_dim": model.head_dim,
-        "max_position_embeddings": model.max_position_embeddings,
-        "rope_theta": model.rope_theta, "rms_norm_eps": model.rms_norm_eps,
-        "tie_word_embeddings": model.tie_word_embeddings, "attention_bias": model.qkv_bias,
-        "hidden_act": "silu", "eos_token_id": eos_token_id, "pad_token_id": pad_token_id,
-        "torch_dtype": model.params_dtype, "use_cache": True,
-    }
-    if model.num_experts:
-        config.update({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
-                       "num_experts": model.num_experts,
-                       "num_experts_per_tok": model.moe_router_topk,
-                       "moe_intermediate_size": model.moe_ffn_hidden_size,
-                       "norm_topk_prob": model.moe_norm_topk_prob, "decoder_sparse_step": 1,
-                       "mlp_only_layers": []})
-    return config
+    return policy_bundle(model).hf_config(model, eos_token_id, pad_token_id)
 
 
 def write_policy_hf_dir(model: ModelConfig, tokenizer, eos_token_id: int, out: Path) -> Path:
