@@ -50,6 +50,8 @@ def test_child_traceback_surfaces():
     assert "--- rank 1 ---" in message
     assert "ValueError: boom from rank one" in message
     assert "_raise_on_rank_one" in message
+    assert not isinstance(info.value, AssertionError)  # the project's own error type
+    assert "rank 1: ValueError: boom from rank one" in info.value.summary
 
 
 def test_hung_ranks_time_out():

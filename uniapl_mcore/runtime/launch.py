@@ -31,11 +31,19 @@ from typing import Any
 from uniapl_mcore.runtime.dist_env import free_port
 
 
-class DistributedRunError(AssertionError):
-    """A child process failed, died or timed out; the message carries its traceback.
+class DistributedRunError(RuntimeError):
+    """A child process failed, died or timed out; the message carries its traceback
+    (:attr:`summary`: the first line and each failing rank's last line)."""
 
-    It is an ``AssertionError`` so that pytest reports it as a test failure with the message.
-    """
+    @property
+    def summary(self) -> str:
+        head, *blocks = str(self).split("\n--- rank ")
+        parts = [head.splitlines()[0] if head else ""]
+        for block in blocks:
+            rank, _, text = block.partition(" ---\n")
+            last = next((x.strip() for x in reversed(text.splitlines()) if x.strip()), "")
+            parts.append(f"rank {rank}: {last}")
+        return "; ".join(parts)
 
 
 def _child(rank: int, world_size: int, port: int, threads: int, env: Mapping[str, str],
@@ -82,7 +90,7 @@ def run_distributed(fn: Callable[..., Any], world_size: int, args: tuple = (),
         except DistributedRunError as err:
             if attempt == 2 or not any(marker in str(err) for marker in _PORT_TAKEN):
                 raise
-    raise AssertionError("unreachable")
+    raise RuntimeError("unreachable")
 
 
 def _launch(fn: Callable[..., Any], world_size: int, args: tuple, kwargs: dict | None,

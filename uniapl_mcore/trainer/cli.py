@@ -81,10 +81,15 @@ def train_command(args: argparse.Namespace) -> int:
     if nproc == 1:
         _train_rank(config, run_dir, args.verbose)
     else:
-        from uniapl_mcore.runtime.launch import run_distributed
+        from uniapl_mcore.runtime.launch import DistributedRunError, run_distributed
 
-        run_distributed(_train_rank, nproc, args=(config, run_dir, args.verbose),
-                        timeout_s=30 * 24 * 3600)
+        try:
+            run_distributed(_train_rank, nproc, args=(config, run_dir, args.verbose),
+                            timeout_s=30 * 24 * 3600)
+        except DistributedRunError as err:  # the ranks' tracebacks, then one line
+            print(err, file=sys.stderr)
+            print(f"uniapl train: {err.summary}", file=sys.stderr)
+            return 1
     print(f"uniapl train: done; metrics in {Path(run_dir) / 'metrics.jsonl'}, learning curve "
           f"in {Path(run_dir) / 'reward_curve.png'}", file=sys.stderr)
     return 0
