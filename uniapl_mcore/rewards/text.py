@@ -13,7 +13,8 @@ Everything here is offline and deterministic:
 * ``word_tokenize`` reproduces ``nltk.word_tokenize`` (Punkt sentences, then nltk's
   improved Treebank word tokenizer on each sentence).
 * langdetect is seeded (``DetectorFactory.seed = LANGDETECT_SEED``) before every use, and
-  runs through :mod:`uniapl_mcore.rewards.fastlang`, a bit-exact accelerated ``Detector``.
+  runs through :mod:`uniapl_mcore.rewards.langdetect_accelerated`, a bit-exact
+  accelerated ``Detector``.
 * ``count_words`` matches with the pattern nltk's ``RegexpTokenizer(r"\\w+")`` compiles
   (the ``regex`` engine on nltk 3.10), so combining marks stay inside words as they do
   in the reference.
@@ -29,7 +30,7 @@ import re
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from uniapl_mcore.rewards import fastlang
+from uniapl_mcore.rewards import langdetect_accelerated
 
 if TYPE_CHECKING:  # pragma: no cover
     from nltk.tokenize.punkt import PunktSentenceTokenizer
@@ -231,7 +232,7 @@ def detect_language(text: str) -> str:
     factory = detector_factory._factory
     factory.seed = LANGDETECT_SEED
     try:
-        detector = fastlang.detector_class()(factory)
+        detector = langdetect_accelerated.detector_class()(factory)
         detector.append(text)
         return detector.detect()
     except exc_type as exc:

@@ -84,7 +84,7 @@ class Driver:
         self.disc = None
         stages = cfg.resolved_stages()
         if cfg.discriminator.enabled and any(s.needs_discriminator for s in stages):
-            from uniapl_mcore.discriminator import DiscriminatorClient
+            from uniapl_mcore.discriminator.client import DiscriminatorClient
 
             updates = -(-cfg.total_steps // cfg.discriminator.update_every_steps)
             self.disc = DiscriminatorClient.start(
@@ -189,7 +189,7 @@ class Driver:
         return out
 
     def _triples(self, roll: Rollouts, stage: ResolvedStage, outputs: list[str]):
-        from uniapl_mcore.discriminator import PolarTriple
+        from uniapl_mcore.discriminator.polar_template import PolarTriple
 
         use_gt = stage.loss.adv_reference in ("gt", "gt_delta")
         refs = [(r.reference_response or teacher_text(r)) if use_gt else teacher_text(r)
@@ -203,7 +203,7 @@ class Driver:
         scores = torch.tensor(self.disc.score(self._triples(roll, stage, roll.texts)))
         if stage.loss.adv_reference != "gt_delta":
             return scores, None
-        from uniapl_mcore.discriminator import PolarTriple
+        from uniapl_mcore.discriminator.polar_template import PolarTriple
 
         missing = [r for r in roll.rows if r.id not in self._reference_scores]
         if missing:
@@ -217,7 +217,7 @@ class Driver:
                               ) -> dict[str, float]:
         """One trainable-discriminator step: (prompt, teacher, expert answer) is preferred
         over (prompt, teacher, student sample) for every student sample of the step."""
-        from uniapl_mcore.discriminator import PolarTriple
+        from uniapl_mcore.discriminator.polar_template import PolarTriple
 
         chosen, rejected = [], []
         for roll in (pref, sft_roll):

@@ -27,8 +27,8 @@ This module computes exactly the same numbers, faster:
 
 A start-up self-check replays ``gauss``/``choice`` against a real ``random.Random``;
 should a future Python change those, :func:`accelerated` returns False and callers use
-the stock detector.  ``tests/rewards/test_fastlang.py`` compares probabilities with the
-stock ``Detector`` on many texts (equality, not closeness).
+the stock detector. ``tests/rewards/test_langdetect_accelerated.py`` compares
+probabilities with the stock ``Detector`` on many texts (equality, not closeness).
 """
 
 from __future__ import annotations

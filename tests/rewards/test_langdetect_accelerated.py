@@ -13,7 +13,7 @@ import string
 
 import pytest
 
-from uniapl_mcore.rewards import fastlang
+from uniapl_mcore.rewards import langdetect_accelerated
 from uniapl_mcore.rewards import text as T
 
 _FIXED = [
@@ -100,7 +100,7 @@ def _probabilities(detector_cls: type, text: str) -> list[float] | str:
 
 
 def test_replay_self_check_passes():
-    assert fastlang.accelerated()
+    assert langdetect_accelerated.accelerated()
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_replay_self_check_passes():
 def test_probabilities_are_bit_identical(texts):
     from langdetect.detector import Detector
 
-    fast_cls = fastlang.detector_class()
+    fast_cls = langdetect_accelerated.detector_class()
     for text in texts:
         expected = _probabilities(Detector, text)
         assert _probabilities(fast_cls, text) == expected, text[:80]
@@ -122,7 +122,8 @@ def test_no_features_raises_and_checker_passes():
 
     for text in _NO_FEATURES:
         assert _probabilities(Detector, text) == "LangDetectException"
-        assert _probabilities(fastlang.detector_class(), text) == "LangDetectException"
+        fast = langdetect_accelerated.detector_class()
+        assert _probabilities(fast, text) == "LangDetectException"
         with pytest.raises(T.LanguageUndetectable):
             T.detect_language.__wrapped__(text)
 
@@ -141,7 +142,7 @@ def test_detect_language_matches_seeded_langdetect():
 
 
 def test_cache_does_not_change_results():
-    fast_cls = fastlang.detector_class()
+    fast_cls = langdetect_accelerated.detector_class()
     texts = _random_texts(30, seed=4)
     first = [_probabilities(fast_cls, t) for t in texts]
     second = [_probabilities(fast_cls, t) for t in reversed(texts)]
