@@ -25,7 +25,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from uniapl_mcore.config import dump_config, pipeline_stage_layers, stage_layer_range
+from uniapl_mcore.config import (
+    ConfigError,
+    dump_config,
+    pipeline_stage_layers,
+    stage_layer_range,
+)
 from uniapl_mcore.losses import RowKind, objective_weights
 from uniapl_mcore.megatron.checkpointing import barrier, load_checkpoint, unwrap_model
 from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
@@ -112,6 +117,11 @@ class Trainer:
             from uniapl_mcore.rollout.weight_sync import DirectSync
 
             self.direct_sync = DirectSync(chunks, cfg.model, policy_bundle(cfg.model))
+            if self.direct_sync.backend == "nccl" and cfg.rollout.placement == "colocated":
+                raise ConfigError("rollout.weight_sync.transport",
+                                  "'direct' broadcasts over NCCL, which cannot join two "
+                                  "processes on one GPU; with placement: colocated use "
+                                  "object_store (rollout.vllm.weight_transport: cuda_ipc)")
         if layout.rank == 0:
             from uniapl_mcore.trainer.metrics_log import MetricsLog
 
