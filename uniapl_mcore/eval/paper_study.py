@@ -505,7 +505,7 @@ def plot_fig3(results: Sequence[RunResult], methods: Sequence[str], out: Path) -
 def _pm(mean: float | None, std: float | None, spec: str = ".3f") -> str:
     if mean is None:
         return "-"
-    return f"{format(mean, spec)} ± {format(std or 0.0, spec)}"
+    return f"{format(mean, spec)} ± {format(std or 0.0, spec.lstrip('+'))}"
 
 
 def results_markdown(table: Mapping[str, Any], study: Mapping[str, Any],
@@ -608,8 +608,11 @@ def write_results(specs: Sequence[RunSpec], runs_root: Path, out: Path, cfg: Uni
     pairs = sample_dataset_responses(cfg, num_responses, cfg.train.seed)
     write_responses(out / "fig4_responses.jsonl", pairs)
     students = {LABELS[m]: [r.run_dir for r in results if r.method == m] for m in table}
+    short = (f"given model {Path(teacher).name}" if teacher is not None else
+             f"proxy — the base policy after {total_steps(teacher_spec)} SFT steps on the "
+             "dataset responses")
     summary = analyze_logliks(teacher_path, students, pairs, out / "loglik", batch_size,
-                              teacher_label=study["teacher_label"], figure=out / FIG4)
+                              teacher_label=short, figure=out / FIG4)
     for method, m in table.items():
         s = summary["students"][LABELS[method]]
         m.update({"loglik_gap_mean": s["gap_mean"], "loglik_gap_std": s["gap_std"],
