@@ -392,35 +392,51 @@ def scored_logprobs(models: Sequence[ModelRows], scorer: ResponseScorer
 # --------------------------------------------------------------------------- figures
 
 
-def plot_lengths(models: Sequence[ModelRows], teacher_lengths: Sequence[int], out: Path) -> Path:
-    """Figure 3: response-length histograms (shared bins, fraction of responses per bin) of
-    the teacher and each model, with dashed vertical lines at the means (tokens)."""
+def outside_legend(ax: Any) -> None:
+    """The legend right of the axes (outside the plotting area, so it never hides data)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9)
+
+
+def plot_length_series(series: Mapping[str, Sequence[float]], out: Path, title: str,
+                       filled: str | None = None) -> Path:
+    """Response-length histograms (tokens; shared bins, fraction of responses per bin) of
+    each named sample, dashed vertical lines at the means; ``filled`` (e.g. the teacher) is
+    drawn filled in grey, the others as step outlines. Legend outside the axes."""
     from uniapl_mcore.trainer.metrics_log import new_figure, save_figure
 
-    series = [("teacher", np.asarray(teacher_lengths, dtype=np.float64))]
-    series += [(m.name, np.asarray([r.response_tokens for r in m.rows], dtype=np.float64))
-               for m in models]
-    merged = np.concatenate([s for _, s in series])
+    arrays = {name: np.asarray(v, dtype=np.float64) for name, v in series.items() if len(v)}
+    merged = np.concatenate(list(arrays.values()))
     bins = np.histogram_bin_edges(merged, bins=int(np.clip(math.sqrt(merged.size), 5, 50)))
-    fig = new_figure()
+    fig = new_figure(9.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
-    for k, (name, lengths) in enumerate(series):
-        color = "tab:gray" if k == 0 else f"C{(k - 1) % 10}"
+    k = 0
+    for name, lengths in arrays.items():
         weights = np.full(lengths.size, 1.0 / lengths.size)
-        label = f"{name} (mean {lengths.mean():.1f})"
-        if k == 0:
+        label = f"{name} (n={lengths.size}, mean {lengths.mean():.1f})"
+        if name == filled:
+            color = "tab:gray"
             ax.hist(lengths, bins=bins, weights=weights, histtype="stepfilled", alpha=0.35,
                     color=color, label=label)
         else:
+            color = f"C{k % 10}"
+            k += 1
             ax.hist(lengths, bins=bins, weights=weights, histtype="step", linewidth=1.8,
                     color=color, label=label)
         ax.axvline(lengths.mean(), color=color, linestyle="--", linewidth=1.2)
     ax.set_xlabel("response length (tokens)")
     ax.set_ylabel("fraction of responses")
-    ax.set_title("Response-length distribution: teacher vs trained models")
+    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    outside_legend(ax)
     return save_figure(fig, out)
+
+
+def plot_lengths(models: Sequence[ModelRows], teacher_lengths: Sequence[int], out: Path) -> Path:
+    """Figure 3: response-length histograms of the teacher and each model (tokens)."""
+    series: dict[str, Sequence[float]] = {"teacher responses": list(teacher_lengths)}
+    series.update({m.name: [r.response_tokens for r in m.rows] for m in models})
+    return plot_length_series(series, out, "Response-length distribution: teacher vs trained "
+                                           "models", filled="teacher responses")
 
 
 def plot_logprob_kde(deltas: Mapping[str, Sequence[float]], out: Path, source: str
@@ -433,7 +449,7 @@ def plot_logprob_kde(deltas: Mapping[str, Sequence[float]], out: Path, source: s
 
     present = {name: d for name, d in deltas.items() if len(d)}
     grid = kde_grid(list(present.values()))
-    fig = new_figure()
+    fig = new_figure(9.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     curves = {}
     for k, (name, d) in enumerate(present.items()):
@@ -445,9 +461,9 @@ def plot_logprob_kde(deltas: Mapping[str, Sequence[float]], out: Path, source: s
     ax.axvline(0.0, color="black", linestyle=":", linewidth=1.2)
     ax.set_xlabel("Δ = log p(y_model) − log p(y_teacher)  (mean per token, nats)")
     ax.set_ylabel("density")
-    ax.set_title(f"Log-prob difference vs teacher (KDE; log-probs: {source})")
+    ax.set_title(f"Log-prob difference vs teacher (KDE; log-probs: {source})", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    outside_legend(ax)
     save_figure(fig, out)
     return curves
 
