@@ -29,7 +29,8 @@ def _run_spec(text: str) -> tuple[str, Path]:
     return name.strip(), Path(path.strip())
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -134,7 +135,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         help="Figure 4: JSONL of dataset responses (unified rows: messages + "
         "teacher_responses; generations rows; or {prompt|messages, response})",
     )  # fmt: skip
-    p.add_argument("--num-responses", type=_positive_int, default=500, metavar="N",
+    p.add_argument("--num-responses", type=positive_int, default=500, metavar="N",
                    help="Figure 4: responses sampled from --responses (default 500; all when "
                         "fewer)")
     p.add_argument("--sample-seed", type=int, default=0, metavar="S",
@@ -145,9 +146,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         help="score every response and the teacher's with this Hugging Face causal LM "
         "(default: the log-probs stored in the files)",
     )  # fmt: skip
-    p.add_argument("--max-rows", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--max-rows", type=positive_int, default=None, metavar="N",
                    help="use only the first N rows of the first run (default: all)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B",
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="B",
                    help="with --score-model or --teacher: rows per forward pass (default 8)")
     p.add_argument("--device", default=None,
                    help="with --score-model or --teacher: torch device (default cuda when "

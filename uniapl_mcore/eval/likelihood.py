@@ -104,22 +104,16 @@ def read_responses(path: Path, num: int | None = DEFAULT_NUM_RESPONSES, seed: in
                    ) -> list[ResponsePair]:
     """Dataset responses from a JSONL file; ``num`` of them sampled without replacement
     (``random.Random(seed)``; file order kept), all when ``num`` is None or larger."""
+    from uniapl_mcore.data.jsonl import read_jsonl
+
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        pairs = [parse_response_line(obj, f"{path}:{lineno}", f"line{lineno}")
+                 for lineno, obj in read_jsonl(path, AnalysisError)]
     except FileNotFoundError:
         raise AnalysisError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise AnalysisError(f"{path}: cannot read ({exc})") from None
-    pairs = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AnalysisError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-        pairs.append(parse_response_line(obj, f"{path}:{lineno}", f"line{lineno}"))
     if not pairs:
         raise AnalysisError(f"{path}: no responses")
     if num is not None and num < len(pairs):

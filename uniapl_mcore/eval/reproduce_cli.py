@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from uniapl_mcore.eval.analyze_cli import positive_int
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,16 +39,6 @@ class Preset:
 QUICK = Preset(steps=150, teacher_steps=300, eval_prompts=100, save_interval=50, seeds=2)
 #: full: the base config's train.max_steps, all held-out prompts, 3 seeds.
 FULL = Preset(steps=None, teacher_steps=1000, eval_prompts=None, save_interval=100, seeds=3)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -74,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"quick setting: {QUICK.steps} steps, {QUICK.seeds} seeds, "
                         f"{QUICK.eval_prompts} held-out prompts, teacher SFT "
                         f"{QUICK.teacher_steps} steps")
-    p.add_argument("--seeds", type=_positive, help="seeds per method (quick 2, full 3)")
-    p.add_argument("--steps", type=_positive,
+    p.add_argument("--seeds", type=positive_int, help="seeds per method (quick 2, full 3)")
+    p.add_argument("--steps", type=positive_int,
                    help="optimizer steps per method (default quick 150, full: the base "
                         "config's train.max_steps)")
     p.add_argument("--methods", type=_methods, default=DEFAULT_METHODS,
@@ -84,13 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", type=Path,
                    help="teacher model for Figure 4 (HF dir, torch_dist checkpoint or run dir);"
                         " default: train a proxy teacher by SFT on the dataset responses")
-    p.add_argument("--teacher-steps", type=_positive,
+    p.add_argument("--teacher-steps", type=positive_int,
                    help="SFT steps of the proxy teacher (default quick 300, full 1000)")
-    p.add_argument("--eval-prompts", type=_positive,
+    p.add_argument("--eval-prompts", type=positive_int,
                    help="held-out prompts per evaluation (default quick 100, full: all)")
-    p.add_argument("--save-interval", type=_positive,
+    p.add_argument("--save-interval", type=positive_int,
                    help="checkpoint every N steps, for resuming (default quick 50, full 100)")
-    p.add_argument("--num-responses", type=_positive, default=500,
+    p.add_argument("--num-responses", type=positive_int, default=500,
                    help="dataset responses scored for Figure 4 (default 500)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="overrides of the base config, as for uniapl train")
