@@ -14,7 +14,7 @@ from uniapl_mcore.megatron.checkpointing import (
     prune_checkpoints,
     step_dir_name,
 )
-from uniapl_mcore.testing import run_distributed
+from uniapl_mcore.testing import DistributedRunError, run_distributed
 
 from ._bodies import save_initial_weights, train_losses
 
@@ -88,7 +88,7 @@ def test_bad_pointers_and_directories_name_the_path(tmp_path):
 
 def test_checkpoint_of_another_shape_is_one_clear_error(tmp_path):
     init = run_distributed(save_initial_weights, 1, args=([], str(tmp_path / "init")))[0]
-    with pytest.raises(AssertionError) as info:  # the harness re-raises the child's failure
+    with pytest.raises(DistributedRunError) as info:  # the child's failure, re-raised
         run_distributed(train_losses, 1, args=(["model.ffn_hidden_size=64",
                                                  "train.max_steps=1"],),
                         kwargs={"init_from": init})
