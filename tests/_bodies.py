@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from tests._megatron_config import load_run
 from uniapl_mcore.config import load_config
 from uniapl_mcore.losses import RowKind
 from uniapl_mcore.megatron.checkpointing import (
@@ -110,7 +111,7 @@ def describe_model(overrides: list[str]) -> dict:
     from uniapl_mcore.megatron.model import build_trainable_model
     from uniapl_mcore.megatron.schedule import causal_mask
 
-    cfg = load_config(None, overrides)
+    cfg = load_run(None, overrides)
     layout = init_parallel(cfg.parallel, cfg.train.seed)
     try:
         trainable = build_trainable_model(cfg.model, cfg.parallel, cfg.optimizer, layout, 1)

@@ -66,7 +66,7 @@ def train_variants(variants: dict[str, list[str]], measure_saved: bool = False
     import torch
     import torch.distributed as dist
 
-    from uniapl_mcore.config import load_config
+    from tests._megatron_config import load_run
     from uniapl_mcore.megatron.model import build_trainable_model
     from uniapl_mcore.runtime.dist_env import DistEnv
     from uniapl_mcore.runtime.parallel import init_parallel
@@ -77,7 +77,7 @@ def train_variants(variants: dict[str, list[str]], measure_saved: bool = False
     dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size)
     out: dict[str, dict[str, Any]] = {}
     for name, overrides in variants.items():
-        cfg = load_config(None, [f"train.max_steps={STEPS}", *overrides])
+        cfg = load_run(None, [f"train.max_steps={STEPS}", *overrides])
         layout = init_parallel(cfg.parallel, cfg.train.seed)  # reuses the group
         try:
             trainable = build_trainable_model(cfg.model, cfg.parallel, cfg.optimizer, layout,
@@ -114,7 +114,8 @@ def gpu_mfu_cpu_smoke(bench_dir: str) -> dict[str, Any]:
     import dataclasses
     import sys
 
-    from uniapl_mcore.config import ModelConfig, ParallelConfig
+    from uniapl_mcore.models.config import ModelConfig
+    from uniapl_mcore.runtime.layout import ParallelConfig
     from uniapl_mcore.runtime.parallel import init_parallel
 
     sys.path.insert(0, bench_dir)

@@ -7,13 +7,14 @@ import sys
 
 import pytest
 
-from uniapl_mcore.config import ConfigError, RunConfig, load_config, parse_override
+from tests._megatron_config import MegatronRun, load_run
+from uniapl_mcore.config import ConfigError, parse_override
 
 
 def test_defaults_and_overrides_parse_types():
-    cfg = load_config(None, ["model.num_layers=4", "optimizer.lr=3e-4", "optimizer.clip_grad=1",
+    cfg = load_run(None, ["model.num_layers=4", "optimizer.lr=3e-4", "optimizer.clip_grad=1",
                              "parallel.sequence_parallel=false", "optimizer.lr_decay_steps=null"])
-    assert isinstance(cfg, RunConfig)
+    assert isinstance(cfg, MegatronRun)
     assert cfg.model.num_layers == 4
     assert cfg.optimizer.lr == pytest.approx(3e-4)
     assert isinstance(cfg.optimizer.clip_grad, float)
@@ -23,7 +24,7 @@ def test_defaults_and_overrides_parse_types():
 def test_yaml_file_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  hidden_size: 32\n  head_dim: 8\ntrain:\n  max_steps: 7\n")
-    cfg = load_config(path, ["train.max_steps=9"])
+    cfg = load_run(path, ["train.max_steps=9"])
     assert (cfg.model.hidden_size, cfg.model.head_dim, cfg.train.max_steps) == (32, 8, 9)
 
 
@@ -46,13 +47,13 @@ def test_yaml_file_then_overrides(tmp_path):
 ])
 def test_bad_values_fail_with_one_line_naming_the_field(overrides, expected):
     with pytest.raises(ConfigError) as info:
-        load_config(None, overrides)
+        load_run(None, overrides)
     assert str(info.value) == expected
     assert "\n" not in str(info.value)
 
 
 def test_world_size_not_divisible_by_model_parallel():
-    cfg = load_config(None, ["parallel.tensor_parallel_size=2",
+    cfg = load_run(None, ["parallel.tensor_parallel_size=2",
                              "parallel.pipeline_parallel_size=2"])
     with pytest.raises(ConfigError) as info:
         cfg.check_world_size(6)
@@ -67,23 +68,23 @@ def test_lm_path_batch_fields_are_refused():
     for key in ("train.global_batch_size=8", "train.seq_length=512",
                 "train.log_interval_steps=1"):
         with pytest.raises(ConfigError, match=rf"^{key.split('=')[0]}: unknown key"):
-            load_config(None, [key])
+            load_run(None, [key])
 
 
 def test_yaml_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml line \d+: invalid YAML"):
-        load_config(bad)
+        load_run(bad)
     typo = tmp_path / "typo.yaml"
     typo.write_text("train:\n  max_step: 8\n")
     with pytest.raises(ConfigError) as info:
-        load_config(typo)
+        load_run(typo)
     assert str(info.value).startswith("train.max_step: unknown key (did you mean "
                                       "'train.max_steps'?)")
     assert "typo.yaml" in str(info.value)
     with pytest.raises(ConfigError, match="cannot read config file"):
-        load_config(tmp_path / "missing.yaml")
+        load_run(tmp_path / "missing.yaml")
 
 
 def test_override_values_are_yaml():

@@ -1,11 +1,11 @@
 """No silent settings (#15): every field of the run config is read somewhere in the package.
 
-A static walk: for each field of :class:`UniaplConfig` (and the foundation's
-:class:`RunConfig`), recursing into nested sections (also through ``X | None`` and
-``list[X]``), some module of ``uniapl_mcore`` must read the attribute ``.name`` (or
-``getattr(obj, "name")``). Validation is not use: reads inside ``__post_init__`` and inside
-``check_*`` / ``_check_*`` functions do not count. A field that nothing reads must be wired
-in, or removed (and refused, e.g. through a section's ``REMOVED_KEYS``).
+A static walk: for each field of :class:`UniaplConfig`, recursing into nested sections (also
+through ``X | None`` and ``list[X]``), some module of ``uniapl_mcore`` must read the
+attribute ``.name`` (or ``getattr(obj, "name")``). Validation is not use: reads inside
+``__post_init__`` and inside ``check_*`` / ``_check_*`` functions do not count. A field that
+nothing reads must be wired in, or removed (and refused, e.g. through a section's
+``REMOVED_KEYS``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uniapl_mcore
-from uniapl_mcore.config import RunConfig
 from uniapl_mcore.trainer.config import UniaplConfig
 
 PACKAGE = Path(uniapl_mcore.__file__).resolve().parent
@@ -93,7 +92,7 @@ def unread_fields(roots: list[type], reads: set[str],
 
 def test_every_run_config_field_is_read():
     reads = attribute_reads(PACKAGE)
-    unread = unread_fields([RunConfig, UniaplConfig], reads, set(READ_GENERICALLY))
+    unread = unread_fields([UniaplConfig], reads, set(READ_GENERICALLY))
     assert not unread, (f"config fields nothing in uniapl_mcore reads (wire them in, or remove "
                         f"and refuse them): {', '.join(unread)}")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests._megatron_config import load_run
 from uniapl_mcore.config import ConfigError, load_config
 from uniapl_mcore.megatron.model import ddp_config
 from uniapl_mcore.models import gpt
@@ -77,20 +78,20 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-o
 ])
 def test_bad_fast_path_values_fail_with_one_line_naming_the_field(overrides, expected):
     with pytest.raises(ConfigError) as info:
-        load_config(None, overrides)
+        load_run(None, overrides)
     assert str(info.value) == expected
     assert "\n" not in str(info.value)
 
 
 def test_fast_path_is_off_by_default_and_sections_merge_partially(tmp_path):
-    cfg = load_config(None)
+    cfg = load_run(None)
     assert (cfg.model.fp8.recipe, cfg.model.recompute.granularity) == ("none", "none")
     assert not (cfg.parallel.overlap_grad_reduce or cfg.parallel.overlap_param_gather)
     path = tmp_path / "gpu.yaml"
     path.write_text("model:\n  transformer_impl: transformer_engine\n  params_dtype: bfloat16\n"
                     "  fp8: {recipe: delayed}\n  recompute: {granularity: full, num_layers: 2}\n"
                     "parallel: {overlap_grad_reduce: true, overlap_param_gather: true}\n")
-    cfg = load_config(path, ["model.fp8.format=e4m3"])
+    cfg = load_run(path, ["model.fp8.format=e4m3"])
     assert (cfg.model.fp8.recipe, cfg.model.fp8.format) == ("delayed", "e4m3")
     assert cfg.model.fp8.amax_history_len == 1024  # untouched keys keep their defaults
     assert (cfg.model.recompute.method, cfg.model.recompute.num_layers) == ("uniform", 2)
@@ -132,7 +133,7 @@ def test_trainer_pads_fp8_micro_batches_to_16_tokens():
       "recompute_num_layers": None, "recompute_modules": ["core_attn", "mlp"]}),
 ])
 def test_transformer_config_carries_recompute(overrides, fields):
-    cfg = load_config(None, overrides)
+    cfg = load_run(None, overrides)
     tc = transformer_config(cfg.model, cfg.parallel)
     for name, value in fields.items():
         assert getattr(tc, name) == value, name
@@ -143,7 +144,7 @@ def test_transformer_config_carries_fp8(monkeypatch, recipe):
     """The mapping itself (Transformer Engine pretended present; fused kernels left off)."""
     monkeypatch.setattr(gpt, "te_available", lambda: True)
     monkeypatch.setattr(gpt, "fp8_support", lambda name: (True, ""))
-    cfg = load_config(None, [*TE_BF16, f"model.fp8.recipe={recipe}", "model.fp8.margin=1",
+    cfg = load_run(None, [*TE_BF16, f"model.fp8.recipe={recipe}", "model.fp8.margin=1",
                              "model.fp8.amax_history_len=16",
                              "model.fp8.amax_compute_algo=most_recent"])
     tc = transformer_config(cfg.model, cfg.parallel, apply_rope_fusion=False,
@@ -156,7 +157,7 @@ def test_transformer_config_carries_fp8(monkeypatch, recipe):
 def test_unsupported_fp8_recipe_is_a_clear_runtime_error(monkeypatch):
     monkeypatch.setattr(gpt, "te_available", lambda: True)
     monkeypatch.setattr(gpt, "fp8_support", lambda name: (False, "needs a Blackwell GPU"))
-    cfg = load_config(None, [*TE_BF16, "model.fp8.recipe=mxfp8"])
+    cfg = load_run(None, [*TE_BF16, "model.fp8.recipe=mxfp8"])
     with pytest.raises(RuntimeError, match="^model.fp8.recipe=mxfp8 cannot run here: needs a "
                                            "Blackwell GPU$"):
         transformer_config(cfg.model, cfg.parallel)
@@ -164,7 +165,7 @@ def test_unsupported_fp8_recipe_is_a_clear_runtime_error(monkeypatch):
 
 @NO_CUDA
 def test_fp8_without_transformer_engine_is_a_clear_runtime_error():
-    cfg = load_config(None, [*TE_BF16, "model.fp8.recipe=delayed"])
+    cfg = load_run(None, [*TE_BF16, "model.fp8.recipe=delayed"])
     with pytest.raises(RuntimeError, match="^model.fp8.recipe=delayed cannot run here: "
                                            "Transformer Engine \\(with CUDA\\) is not available"):
         gpt._fast_path_kwargs(cfg.model)
@@ -173,7 +174,7 @@ def test_fp8_without_transformer_engine_is_a_clear_runtime_error():
 
 @NO_CUDA
 def test_te_only_recompute_module_without_transformer_engine():
-    cfg = load_config(None, ["model.recompute.granularity=selective",
+    cfg = load_run(None, ["model.recompute.granularity=selective",
                              "model.recompute.modules=[core_attn,layernorm]"])
     with pytest.raises(ConfigError) as info:
         transformer_config(cfg.model, cfg.parallel)
@@ -182,7 +183,7 @@ def test_te_only_recompute_module_without_transformer_engine():
 
 
 def test_ddp_config_carries_overlap_settings():
-    cfg = load_config(None, ["parallel.overlap_grad_reduce=true",
+    cfg = load_run(None, ["parallel.overlap_grad_reduce=true",
                              "parallel.overlap_param_gather=true",
                              "parallel.ddp_bucket_size=1000000"])
     ddp = ddp_config(cfg.model, cfg.parallel, cfg.optimizer)
@@ -190,7 +191,7 @@ def test_ddp_config_carries_overlap_settings():
         (True, True, 1_000_000)
     assert ddp.use_distributed_optimizer and ddp.grad_reduce_in_fp32
     assert not ddp.align_param_gather and not ddp.fp8_param_gather
-    plain = ddp_config(*(lambda c: (c.model, c.parallel, c.optimizer))(load_config(None)))
+    plain = ddp_config(*(lambda c: (c.model, c.parallel, c.optimizer))(load_run(None)))
     assert not (plain.overlap_grad_reduce or plain.overlap_param_gather)
     assert plain.bucket_size is None
 
@@ -270,7 +271,8 @@ def test_overlapped_grad_reduce_and_param_gather_match_on_gloo():
 def test_dry_run_counts_recomputed_activations():
     from dataclasses import replace
 
-    from uniapl_mcore.config import ModelConfig, ParallelConfig, RecomputeConfig
+    from uniapl_mcore.models.config import ModelConfig, RecomputeConfig
+    from uniapl_mcore.runtime.layout import ParallelConfig
     from uniapl_mcore.trainer.dry_run import activation_bytes_per_token, kept_activation_bytes
 
     model, par = ModelConfig(params_dtype="bfloat16"), ParallelConfig()  # 2 layers, H = 64

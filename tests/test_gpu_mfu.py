@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from uniapl_mcore.config import ModelConfig
+from uniapl_mcore.models.config import ModelConfig
 from uniapl_mcore.testing import run_distributed
 
 from ._fast_path_bodies import gpu_mfu_cpu_smoke

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uniapl_mcore.config import ConfigError, load_config
+from tests._megatron_config import load_run
+from uniapl_mcore.config import ConfigError
 from uniapl_mcore.models.gpt import layer_spec, transformer_config
 from uniapl_mcore.testing import run_distributed
 
@@ -16,7 +17,7 @@ from ._bodies import describe_model
 def test_structure_and_causality(tied):
     overrides = [f"model.tie_word_embeddings={str(tied).lower()}", "model.head_dim=24"]
     facts = run_distributed(describe_model, 1, args=(overrides,))[0]
-    cfg = load_config(None, overrides).model
+    cfg = load_run(None, overrides).model
     params = facts["params"]
     q_width = cfg.num_attention_heads * cfg.head_dim  # 96: head_dim ≠ hidden / heads (16)
     kv_width = 2 * cfg.num_query_groups * cfg.head_dim
@@ -37,7 +38,7 @@ def test_structure_and_causality(tied):
 
 
 def test_local_spec_without_transformer_engine():
-    model = load_config(None).model
+    model = load_run(None).model
     spec = layer_spec(model)
     attention = spec.submodules.self_attention.submodules
     if torch.cuda.is_available():
@@ -46,7 +47,7 @@ def test_local_spec_without_transformer_engine():
 
 
 def test_transformer_config_maps_the_architecture():
-    cfg = load_config(None, ["model.rms_norm_eps=1e-5", "model.num_query_groups=1"])
+    cfg = load_run(None, ["model.rms_norm_eps=1e-5", "model.num_query_groups=1"])
     tc = transformer_config(cfg.model, cfg.parallel)
     assert (tc.normalization, tc.layernorm_epsilon, tc.qk_layernorm) == ("RMSNorm", 1e-5, True)
     assert (tc.gated_linear_unit, tc.add_bias_linear) == (True, False)
@@ -57,6 +58,6 @@ def test_transformer_config_maps_the_architecture():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="TE may exist on GPU machines")
 def test_sequence_parallel_without_transformer_engine_is_a_clear_error():
-    cfg = load_config(None, ["parallel.tensor_parallel_size=2", "parallel.sequence_parallel=true"])
+    cfg = load_run(None, ["parallel.tensor_parallel_size=2", "parallel.sequence_parallel=true"])
     with pytest.raises(ConfigError, match="^parallel.sequence_parallel: needs Transformer Engine"):
         transformer_config(cfg.model, cfg.parallel)

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from uniapl_mcore.config import (
-    ConfigError,
-    ModelConfig,
-    ParallelConfig,
-    RunConfig,
-    load_config,
-    pipeline_stage_layers,
-    stage_layer_range,
-)
+from tests._megatron_config import load_run
+from uniapl_mcore.config import ConfigError
+from uniapl_mcore.megatron.config import check_layout
+from uniapl_mcore.models.config import ModelConfig
+from uniapl_mcore.runtime.layout import ParallelConfig, pipeline_stage_layers, stage_layer_range
 
 
 def _split(layers: int, pp: int, first: int | None = None,
@@ -90,18 +86,18 @@ def test_balanced_split_minimises_the_largest_stage():
 ])
 def test_impossible_splits_fail_in_one_line(overrides, expected):
     with pytest.raises(ConfigError) as info:
-        load_config(None, overrides)
+        load_run(None, overrides)
     assert str(info.value) == expected
 
 
 def test_yaml_keys_and_megatron_kwargs():
     from uniapl_mcore.models.gpt import transformer_config
 
-    cfg = load_config(None, ["model.num_layers=4", "parallel.pipeline_parallel_size=2",
+    cfg = load_run(None, ["model.num_layers=4", "parallel.pipeline_parallel_size=2",
                              "parallel.first_stage_layers=1"])
     tc = transformer_config(cfg.model, cfg.parallel)
     assert (tc.num_layers_in_first_pipeline_stage, tc.num_layers_in_last_pipeline_stage) == (1, 3)
-    even = load_config(None, ["model.num_layers=4", "parallel.pipeline_parallel_size=2"])
+    even = load_run(None, ["model.num_layers=4", "parallel.pipeline_parallel_size=2"])
     tc = transformer_config(even.model, even.parallel)
     assert tc.num_layers_in_first_pipeline_stage is tc.num_layers_in_last_pipeline_stage is None
 
@@ -120,7 +116,7 @@ def test_megatron_places_the_same_layers(layers, pp, first, last):
     parallel = ParallelConfig(pipeline_parallel_size=pp, first_stage_layers=first,
                               last_stage_layers=last)
     model = ModelConfig(num_layers=layers)
-    RunConfig(model=model, parallel=parallel)
+    check_layout(model, parallel)
     tc = transformer_config(model, parallel)
     for rank in range(pp):
         offset = get_transformer_layer_offset(tc, pp_rank=rank)

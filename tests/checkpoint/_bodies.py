@@ -20,10 +20,10 @@ def live_export(hf: str, mcore: str, tp: int, pp: int, ep: int, dst: int | None,
     (each bucket copied before the next is asked for, as ``ring`` reuse requires)."""
     from uniapl_mcore.checkpoint.convert import load_hf_architecture
     from uniapl_mcore.checkpoint.live_export import LiveExporter
-    from uniapl_mcore.config import ParallelConfig
     from uniapl_mcore.megatron.checkpointing import load_checkpoint
     from uniapl_mcore.megatron.model import TrainableModel
     from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
+    from uniapl_mcore.runtime.layout import ParallelConfig
     from uniapl_mcore.runtime.parallel import init_parallel
 
     _, bundle, model = load_hf_architecture(hf)
@@ -55,16 +55,17 @@ def resave_and_stream(hf: str, mcore: str, out: str, pp: int,
 
     from uniapl_mcore.checkpoint.convert import load_hf_architecture
     from uniapl_mcore.checkpoint.live_export import LiveExporter
-    from uniapl_mcore.config import ParallelConfig, RunConfig
     from uniapl_mcore.megatron.checkpointing import load_checkpoint, save_checkpoint
+    from uniapl_mcore.megatron.config import check_layout
     from uniapl_mcore.megatron.model import TrainableModel
     from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
+    from uniapl_mcore.runtime.layout import ParallelConfig
     from uniapl_mcore.runtime.parallel import init_parallel
 
     _, bundle, model = load_hf_architecture(hf)
     parallel = ParallelConfig(pipeline_parallel_size=pp, first_stage_layers=first,
                               last_stage_layers=last)
-    RunConfig(model=model, parallel=parallel)
+    check_layout(model, parallel)
     layout = init_parallel(parallel, seed=0)
     try:
         config = transformer_config(model, parallel)
@@ -86,10 +87,10 @@ def live_hf_dir(hf: str, mcore: str, tp: int, pp: int, out: str) -> str | None:
     from uniapl_mcore.checkpoint.convert import load_hf_architecture
     from uniapl_mcore.checkpoint.hf_export import write_live_hf_dir
     from uniapl_mcore.checkpoint.live_export import LiveExporter
-    from uniapl_mcore.config import ParallelConfig
     from uniapl_mcore.megatron.checkpointing import load_checkpoint
     from uniapl_mcore.megatron.model import TrainableModel
     from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
+    from uniapl_mcore.runtime.layout import ParallelConfig
     from uniapl_mcore.runtime.parallel import init_parallel
 
     _, bundle, model = load_hf_architecture(hf)

@@ -57,7 +57,7 @@ def test_round_trip_through_uneven_pipeline_stages(tmp_path, family, layers, pp,
     bit-exact, and so is the live stream from that layout (global HF layer names)."""
     import shutil
 
-    from uniapl_mcore.config import ParallelConfig, pipeline_stage_layers
+    from uniapl_mcore.runtime.layout import ParallelConfig, pipeline_stage_layers
 
     assert pipeline_stage_layers(layers, ParallelConfig(pipeline_parallel_size=pp,
                                                         first_stage_layers=first)) == stages

@@ -30,13 +30,13 @@ def packed_vs_separate_logits(seed: int) -> dict[str, float]:
     the block-diagonal mask vs each sequence run alone with a causal mask."""
     import torch
 
-    from uniapl_mcore.config import load_config
+    from tests._megatron_config import load_run
     from uniapl_mcore.data.packing import PackItem, pack
     from uniapl_mcore.megatron.model import build_trainable_model
     from uniapl_mcore.megatron.schedule import causal_mask
     from uniapl_mcore.runtime.parallel import init_parallel
 
-    cfg = load_config(None, [])
+    cfg = load_run(None, [])
     layout = init_parallel(cfg.parallel, cfg.train.seed)
     try:
         gpt = build_trainable_model(cfg.model, cfg.parallel, cfg.optimizer, layout, 1

@@ -17,10 +17,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from uniapl_mcore.config import ModelConfig, OptimizerConfig, ParallelConfig
 from uniapl_mcore.discriminator.client import DiscriminatorClient, DiscriminatorError
 from uniapl_mcore.discriminator.config import DiscriminatorConfig
 from uniapl_mcore.discriminator.polar_template import PolarTriple
+from uniapl_mcore.megatron.config import OptimizerConfig
+from uniapl_mcore.models.config import ModelConfig
+from uniapl_mcore.runtime.layout import ParallelConfig
 
 from .tokenizers import REWARD_ID, save_char_tokenizer
 

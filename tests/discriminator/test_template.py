@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from uniapl_mcore.config import ConfigError, ModelConfig
+from uniapl_mcore.config import ConfigError
 from uniapl_mcore.discriminator.polar_template import (
     PolarTemplate,
     PolarTriple,
     TemplateError,
     flatten_contents,
 )
+from uniapl_mcore.models.config import ModelConfig
 
 from .tokenizers import BOS_ID, REWARD_ID, SEPARATOR_ID, build_char_tokenizer, char_ids
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from uniapl_mcore.config import ParallelConfig
 from uniapl_mcore.losses import (
     LossConfig,
     PolicyBatch,
@@ -21,6 +20,7 @@ from uniapl_mcore.losses import (
     step_denominators,
     vocab_parallel_logprobs_entropy,
 )
+from uniapl_mcore.runtime.layout import ParallelConfig
 from uniapl_mcore.runtime.parallel import init_parallel
 
 

@@ -6,11 +6,12 @@ import re
 
 import torch
 
-from uniapl_mcore.config import load_config, stage_layer_range
+from tests._megatron_config import load_run
 from uniapl_mcore.losses import LossConfig, RowKind, step_denominators
 from uniapl_mcore.megatron.checkpointing import load_checkpoint
 from uniapl_mcore.megatron.model import build_trainable_model
 from uniapl_mcore.megatron.schedule import causal_mask
+from uniapl_mcore.runtime.layout import stage_layer_range
 from uniapl_mcore.runtime.parallel import init_parallel
 from uniapl_mcore.trainer.policy_step import PolicyMicroBatch, policy_forward_backward
 
@@ -57,7 +58,7 @@ def unified_gradient(init: str, micro_batches_per_rank: int,
     (``overrides``: the layout, e.g. pipeline stages). ``grads`` are this rank's, under
     global layer indices (``decoder.layers.<global>.…``); ``metrics`` are empty off the last
     pipeline stage."""
-    cfg = load_config(None, ["optimizer.use_distributed_optimizer=false", *overrides])
+    cfg = load_run(None, ["optimizer.use_distributed_optimizer=false", *overrides])
     layout = init_parallel(cfg.parallel, cfg.train.seed)
     try:
         trainable = build_trainable_model(cfg.model, cfg.parallel, cfg.optimizer, layout, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from tests._megatron_config import load_run
 from uniapl_mcore.losses import RowKind
 
 KINDS = (RowKind.SFT, RowKind.PREF, RowKind.PREF, RowKind.SFT_ROLLOUT, RowKind.PREF)
@@ -28,7 +29,6 @@ def split_gradient(init: str, budget_tokens: int | None,
     """Gradient and metrics of the unified loss over :func:`mixed_sequences` from the
     weights at ``init``, cut into micro-batches by ``experience.step_micro_batches`` at this
     rank's DP layout (``budget_tokens`` None: the common-width layout)."""
-    from uniapl_mcore.config import load_config
     from uniapl_mcore.losses import LossConfig, step_denominators
     from uniapl_mcore.megatron.checkpointing import load_checkpoint, unwrap_model
     from uniapl_mcore.megatron.model import build_trainable_model
@@ -36,7 +36,7 @@ def split_gradient(init: str, budget_tokens: int | None,
     from uniapl_mcore.trainer.experience import step_micro_batches
     from uniapl_mcore.trainer.policy_step import policy_forward_backward
 
-    cfg = load_config(None, ["optimizer.use_distributed_optimizer=false"])
+    cfg = load_run(None, ["optimizer.use_distributed_optimizer=false"])
     layout = init_parallel(cfg.parallel, cfg.train.seed)
     try:
         trainable = build_trainable_model(cfg.model, cfg.parallel, cfg.optimizer, layout, 1)

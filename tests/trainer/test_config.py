@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 
 from uniapl_mcore.config import ConfigError, load_config
+from uniapl_mcore.megatron.config import check_layout
+from uniapl_mcore.models.config import ModelConfig
+from uniapl_mcore.runtime.layout import ParallelConfig
 from uniapl_mcore.trainer.config import UniaplConfig
 
 
@@ -133,10 +136,12 @@ def test_discriminator_expert_parallelism_is_refused():
         "replica; use 1")
 
 
-def test_context_parallelism_stays_a_run_config_layout():
-    """The foundation's RunConfig (parity tools, layouts) still takes CP > 1."""
-    cfg = load_config(None, ["parallel.context_parallel_size=2"])
-    assert cfg.parallel.model_parallel_size == 2
+def test_context_parallelism_stays_a_megatron_layout():
+    """The Megatron layer (parity tools, layouts) still takes CP > 1; only the trainer
+    refuses it."""
+    parallel = ParallelConfig(context_parallel_size=2)
+    check_layout(ModelConfig(), parallel)
+    assert parallel.model_parallel_size == 2
 
 
 @pytest.mark.parametrize(("override", "expected"), [

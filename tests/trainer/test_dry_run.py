@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from uniapl_mcore.config import ConfigError, ModelConfig, ParallelConfig, load_config
+from uniapl_mcore.config import ConfigError, load_config
+from uniapl_mcore.models.config import ModelConfig
+from uniapl_mcore.runtime.layout import ParallelConfig
 from uniapl_mcore.testing import run_distributed
 from uniapl_mcore.trainer.config import UniaplConfig
 from uniapl_mcore.trainer.dry_run import (
@@ -232,10 +234,9 @@ def test_impossible_world_sizes_raise():
 
 def test_impossible_model_layouts_raise():
     cfg = _load_example(EXAMPLES / "qwen3_4b_8gpu.yaml")
-    dense_ep = dataclasses.replace(cfg, parallel=dataclasses.replace(
-        cfg.parallel, expert_parallel_size=2))
     with pytest.raises(ConfigError, match="^parallel.expert_parallel_size: 2 needs a mixture"):
-        plan_layout(dense_ep, 8)
+        dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel,
+                                                              expert_parallel_size=2))
     disc = cfg.discriminator
     wide = dataclasses.replace(cfg, discriminator=dataclasses.replace(
         disc, parallel=dataclasses.replace(disc.parallel, tensor_parallel_size=16)))

@@ -54,13 +54,9 @@ from typing import Any
 
 from figures import Figure, emit, higher_is_better
 
-from uniapl_mcore.config import (
-    FP8_RECIPES,
-    Fp8Config,
-    ModelConfig,
-    OptimizerConfig,
-    ParallelConfig,
-)
+from uniapl_mcore.megatron.config import OptimizerConfig
+from uniapl_mcore.models.config import FP8_RECIPES, Fp8Config, ModelConfig
+from uniapl_mcore.runtime.layout import ParallelConfig
 from uniapl_mcore.trainer.dry_run import (
     GIB,
     HEADROOM_FRACTION,

@@ -77,7 +77,7 @@ def measure_rank(variant: str, vocab: int, tokens: int, dtype: str, chunk_tokens
     """One rank's measurement (run under ``run_distributed`` with world size 2)."""
     from megatron.core import parallel_state as mpu
 
-    from uniapl_mcore.config import ParallelConfig
+    from uniapl_mcore.runtime.layout import ParallelConfig
     from uniapl_mcore.runtime.parallel import init_parallel
 
     layout = init_parallel(ParallelConfig(tensor_parallel_size=2), seed=0)

@@ -114,12 +114,12 @@ def body(hf: str, mcore: str, ray_address: str, repeats: int, bucket_bytes: int)
 
     from uniapl_mcore.checkpoint.convert import load_hf_architecture
     from uniapl_mcore.checkpoint.live_export import LiveExporter
-    from uniapl_mcore.config import ParallelConfig
     from uniapl_mcore.megatron.checkpointing import load_checkpoint
     from uniapl_mcore.megatron.model import TrainableModel
     from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
     from uniapl_mcore.rollout.pool import EnginePool, default_spec
     from uniapl_mcore.rollout.weight_sync import DirectSync, sync_from_megatron
+    from uniapl_mcore.runtime.layout import ParallelConfig
     from uniapl_mcore.runtime.parallel import init_parallel
 
     _, bundle, model = load_hf_architecture(hf)

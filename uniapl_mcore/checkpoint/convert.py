@@ -31,7 +31,7 @@ from uniapl_mcore.checkpoint.hf_io import (
     open_hf_weights,
 )
 from uniapl_mcore.checkpoint.paths import STEP_DIR, resolve_latest
-from uniapl_mcore.config import ModelConfig
+from uniapl_mcore.models.config import ModelConfig
 from uniapl_mcore.models.gpt import torch_dtype
 from uniapl_mcore.models.hf_config import HFConfig
 from uniapl_mcore.models.mapping import TensorRule, to_hf, to_mcore

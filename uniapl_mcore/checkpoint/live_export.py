@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from uniapl_mcore.config import ModelConfig
+from uniapl_mcore.models.config import ModelConfig
 from uniapl_mcore.models.gpt import torch_dtype
 from uniapl_mcore.models.mapping import TensorRule, to_hf
 

@@ -22,10 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from uniapl_mcore.config import ConfigError, ModelConfig, check, pipeline_stage_layers
+from uniapl_mcore.config import ConfigError, check
 from uniapl_mcore.discriminator.config import DiscriminatorConfig
 from uniapl_mcore.discriminator.polar_template import PolarTemplate, PolarTriple
 from uniapl_mcore.discriminator.service import DiscriminatorWorker, WorkerSpec
+from uniapl_mcore.models.config import ModelConfig
+from uniapl_mcore.runtime.layout import pipeline_stage_layers
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from uniapl_mcore.config import ModelConfig, OptimizerConfig, ParallelConfig, check
+from uniapl_mcore.config import check
+from uniapl_mcore.megatron.config import OptimizerConfig
+from uniapl_mcore.models.config import ModelConfig
+from uniapl_mcore.runtime.layout import ParallelConfig
 
 
 def _tiny_reward_model() -> ModelConfig:

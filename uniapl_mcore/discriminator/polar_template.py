@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uniapl_mcore.config import ConfigError, ModelConfig
+from uniapl_mcore.config import ConfigError
 from uniapl_mcore.data.templating import answer_text
+from uniapl_mcore.models.config import ModelConfig
 from uniapl_mcore.models.internlm2 import REWARD_SEPARATOR, REWARD_TOKEN
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,9 @@ from typing import Any, Literal
 
 import torch
 
-from uniapl_mcore.config import ModelConfig, OptimizerConfig, ParallelConfig
+from uniapl_mcore.megatron.config import OptimizerConfig
+from uniapl_mcore.models.config import ModelConfig
+from uniapl_mcore.runtime.layout import ParallelConfig
 
 logger = logging.getLogger(__name__)
 

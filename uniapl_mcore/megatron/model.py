@@ -20,8 +20,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from uniapl_mcore.config import ModelConfig, OptimizerConfig, ParallelConfig, check_fast_path
+from uniapl_mcore.megatron.config import OptimizerConfig, check_fast_path
+from uniapl_mcore.models.config import ModelConfig
 from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
+from uniapl_mcore.runtime.layout import ParallelConfig
 from uniapl_mcore.runtime.parallel import ParallelLayout
 
 logger = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ def ddp_config(model: ModelConfig, parallel: ParallelConfig, optim: OptimizerCon
 
     Raises:
         ConfigError: a combination Megatron refuses (checked here too, for sections that
-            are not part of a :class:`~uniapl_mcore.config.RunConfig`).
+            are not part of a :class:`~uniapl_mcore.trainer.config.UniaplConfig`).
     """
     from megatron.core.distributed import DistributedDataParallelConfig
 

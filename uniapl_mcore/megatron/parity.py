@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from uniapl_mcore.checkpoint.convert import load_hf_architecture
-from uniapl_mcore.config import ParallelConfig, RunConfig, pipeline_stage_layers
+from uniapl_mcore.megatron.config import check_layout
 from uniapl_mcore.megatron.schedule import ModelInputs, run_schedule
 from uniapl_mcore.models.gpt import build_gpt_model, transformer_config
+from uniapl_mcore.runtime.layout import ParallelConfig, pipeline_stage_layers
 from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
 
 
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
                               expert_parallel_size=args.ep,
                               first_stage_layers=args.first_stage_layers,
                               last_stage_layers=args.last_stage_layers)
-    RunConfig(model=model, parallel=parallel)  # the layout's checks (divisibility, PP split)
+    check_layout(model, parallel)
     layout = init_parallel(parallel, seed=args.seed)
     try:
         config = transformer_config(model, parallel)

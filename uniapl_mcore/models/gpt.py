@@ -15,13 +15,9 @@ from typing import Any
 
 import torch
 
-from uniapl_mcore.config import (
-    TE_ONLY_RECOMPUTE_MODULES,
-    ConfigError,
-    ModelConfig,
-    ParallelConfig,
-    pipeline_stage_layers,
-)
+from uniapl_mcore.config import ConfigError
+from uniapl_mcore.models.config import TE_ONLY_RECOMPUTE_MODULES, ModelConfig
+from uniapl_mcore.runtime.layout import ParallelConfig, pipeline_stage_layers
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +25,7 @@ _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16"
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    """``"bfloat16"`` → ``torch.bfloat16`` (names as in :data:`uniapl_mcore.config.DTYPES`)."""
+    """``"bfloat16"`` → ``torch.bfloat16`` (names as in :data:`~.config.DTYPES`)."""
     return _TORCH_DTYPES[name]
 
 
@@ -57,7 +53,7 @@ def use_transformer_engine(model: ModelConfig) -> bool:
 
 
 def fp8_support(recipe: str) -> tuple[bool, str]:
-    """Whether this machine can run FP8 ``recipe`` (a :data:`~uniapl_mcore.config.FP8_RECIPES`
+    """Whether this machine can run FP8 ``recipe`` (a :data:`~.config.FP8_RECIPES`
     name other than ``none``), and why not: Transformer Engine must import with CUDA, and the
     GPU must support the recipe (FP8: compute capability ≥ 8.9; blockwise: Hopper with a
     recent CUDA; mxfp8: Blackwell), as Transformer Engine itself reports it."""
@@ -179,7 +175,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides
 
 def _pipeline_kwargs(model: ModelConfig, parallel: ParallelConfig) -> dict[str, Any]:
     """Megatron's uneven-pipeline fields (``num_layers_in_{first,last}_pipeline_stage``) for
-    the split :func:`~uniapl_mcore.config.pipeline_stage_layers` resolves; none for an even
+    the split :func:`~uniapl_mcore.runtime.layout.pipeline_stage_layers` resolves; none for an even
     split. Both end stages are always given, so Megatron's middle stages get exactly the
     resolved count.
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from uniapl_mcore.config import ConfigError, ModelConfig
+from uniapl_mcore.config import ConfigError
+from uniapl_mcore.models.config import ModelConfig
 from uniapl_mcore.models.hf_config import HFConfig
 from uniapl_mcore.models.mapping import AttentionShape, TensorRule
 

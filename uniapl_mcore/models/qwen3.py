@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from uniapl_mcore.config import ConfigError, ModelConfig
+from uniapl_mcore.config import ConfigError
+from uniapl_mcore.models.config import ModelConfig
 from uniapl_mcore.models.hf_config import HFConfig
 from uniapl_mcore.models.mapping import AttentionShape, TensorRule
 

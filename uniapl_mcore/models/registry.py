@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from uniapl_mcore.config import ConfigError, ModelConfig
+from uniapl_mcore.config import ConfigError
+from uniapl_mcore.models.config import ModelConfig
 from uniapl_mcore.models.hf_config import HFConfig
 from uniapl_mcore.models.internlm2 import INTERNLM2
 from uniapl_mcore.models.mapping import AttentionShape, TensorRule

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from uniapl_mcore.config import DTYPES, ConfigError, check
+from uniapl_mcore.config import ConfigError, check
+from uniapl_mcore.models.config import DTYPES
 from uniapl_mcore.rollout.types import SamplingParams
 
 

@@ -16,10 +16,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from uniapl_mcore.config import ParallelConfig
 from uniapl_mcore.runtime import mcore_compat
 from uniapl_mcore.runtime.cpu_layer import CpuExecutionLayer, maybe_enable_cpu_layer
 from uniapl_mcore.runtime.dist_env import DistEnv
+from uniapl_mcore.runtime.layout import ParallelConfig
 
 logger = logging.getLogger(__name__)
 

@@ -1,17 +1,21 @@
-"""The UniAPL training run's configuration: the foundation's sections plus the objective,
-data, rewards, rollouts, discriminator, reference model, evaluation, logging and stages.
+"""The UniAPL training run's configuration: the policy's model, parallel layout and optimizer,
+the step schedule and checkpoints, the objective, data, rewards, rollouts, discriminator,
+reference model, evaluation, logging and stages.
 
-:class:`UniaplConfig` extends :class:`~uniapl_mcore.config.RunConfig`; each component still
-takes only its own section. Its defaults are the embedded CPU run (toy task, tiny policy,
+:class:`UniaplConfig` is composed of sections that live with their components
+(``models.config``, ``runtime.layout``, ``megatron.config``, ``losses.config``, …); the
+trainer's own sections (:class:`TrainConfig`, :class:`CheckpointConfig`) are here. Each
+component takes only its own section. Its defaults are the embedded CPU run (toy task, tiny policy,
 tiny trainable discriminator) that ``uniapl train`` with no config starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from uniapl_mcore.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig, check
+from uniapl_mcore.config import check
 from uniapl_mcore.data.config import DataConfig, ToyTaskConfig
 from uniapl_mcore.discriminator.config import DiscriminatorConfig
 from uniapl_mcore.losses.config import (
@@ -21,13 +25,65 @@ from uniapl_mcore.losses.config import (
     REWARD_INJECTIONS,
     LossConfig,
 )
+from uniapl_mcore.megatron.config import OptimizerConfig, check_fast_path, check_layout
+from uniapl_mcore.models.config import ModelConfig
 from uniapl_mcore.rewards.config import RewardConfig
 from uniapl_mcore.rollout.config import RolloutConfig, SamplingConfig
+from uniapl_mcore.runtime.layout import ParallelConfig
 
 #: Objectives whose steps need student rollouts of PREF prompts (the GRPO slice).
 RL_OBJECTIVES = ("grpo", "a_grpo", "uniapl", "chord", "a_chord")
 #: Objectives whose global batch holds SFT rows (expert demonstrations).
 SFT_OBJECTIVES = ("sft", "a_sft", "uniapl", "chord", "a_chord")
+
+
+@dataclass
+class TrainConfig:
+    """Step count, seed, the rows per micro-batch of the common-width layout (pipeline
+    parallel runs; without PP the trainer packs micro-batches by ``data.micro_batch_tokens``
+    and evaluation batches ``micro_batch_size`` rows), and the PPO update schedule.
+
+    ``mini_batches`` M: optimizer updates per rollout batch (the step's rows are split into
+    M mini-batches, each its own loss with its own global denominators); ``epochs`` E: passes
+    over the step's mini-batches. A step makes M·E optimizer updates; with M·E > 1 the
+    importance ratio π_θ / π_old (π_old: the weights when the step began) leaves 1 after the
+    first update and the PPO clip acts (``specs/objective.md`` §3.9).
+    """
+
+    max_steps: int = 80
+    seed: int = 1234
+    micro_batch_size: int = 2
+    mini_batches: int = 1
+    epochs: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "micro_batch_size", "mini_batches", "epochs"):
+            check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per training step: M · E."""
+        return self.mini_batches * self.epochs
+
+
+@dataclass
+class CheckpointConfig:
+    """Training-state checkpoints under ``<run_dir>/checkpoints``.
+
+    Each one's ``policy/`` carries ``hf/`` (config.json, tokenizer), so
+    ``tools/convert_checkpoint.py mcore-to-hf`` turns it into a Hugging Face model.
+    ``export_hf``: at the end of training also write the trained policy as a Hugging Face
+    model (safetensors + config + tokenizer) to ``<run_dir>/hf``.
+    """
+
+    save_interval_steps: int = 0
+    keep_last: int = 2
+    save_at_end: bool = True
+    export_hf: bool = False
+
+    def __post_init__(self) -> None:
+        check(self.save_interval_steps >= 0, "save_interval_steps", "must be >= 0 (0: never)")
+        check(self.keep_last >= 1, "keep_last", "must be >= 1")
 
 
 def _toy_policy() -> ModelConfig:
@@ -131,14 +187,16 @@ class LoggingConfig:
 
 
 @dataclass
-class UniaplConfig(RunConfig):
+class UniaplConfig:
     """A whole UniAPL training run (see the module doc)."""
 
     model: ModelConfig = field(default_factory=_toy_policy)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optimizer: OptimizerConfig = field(
         default_factory=lambda: OptimizerConfig(lr=3e-3, warmup_steps=10,
                                                 lr_decay_style="cosine", min_lr=3e-4))
     train: TrainConfig = field(default_factory=_toy_train)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     loss: LossConfig = field(default_factory=lambda: LossConfig(
         objective="uniapl", alpha=0.5, lambda_adv=1e-2, adv_on_sft_rows=False))
     data: DataConfig = field(default_factory=lambda: DataConfig(
@@ -163,7 +221,8 @@ class UniaplConfig(RunConfig):
     sft_samples_per_prompt: int | None = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        check_layout(self.model, self.parallel)
+        check_fast_path(self.model, self.parallel, self.optimizer)
         self.stages = [StageConfig(**s) if isinstance(s, dict) else s for s in self.stages]
         check(self.prompts_per_step > 0, "prompts_per_step", "must be > 0")
         check(self.sft_samples_per_prompt is None or self.sft_samples_per_prompt >= 1,
@@ -234,6 +293,13 @@ class UniaplConfig(RunConfig):
         check(any(o in usable for o in objectives), "loss.adv_injection",
               f"{injection!r} needs an adversarial objective ({', '.join(usable)}); with "
               f"{', '.join(objectives)} no discriminator runs and it would change nothing")
+
+    def check_world_size(self, world_size: int) -> None:
+        """Checks that need the world size; call before starting process groups."""
+        self.parallel.check_world_size(world_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     # ------------------------------------------------------------------ stages
 

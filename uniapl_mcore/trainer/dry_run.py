@@ -55,7 +55,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from uniapl_mcore.config import ConfigError, ModelConfig, ParallelConfig, pipeline_stage_layers
+from uniapl_mcore.config import ConfigError
+from uniapl_mcore.megatron.config import check_layout
+from uniapl_mcore.models.config import ModelConfig
+from uniapl_mcore.runtime.layout import ParallelConfig, pipeline_stage_layers
 from uniapl_mcore.trainer.config import UniaplConfig
 
 logger = logging.getLogger(__name__)
@@ -153,7 +156,7 @@ def head_parameters(model: ModelConfig, tp: int = 1, pp: int = 1) -> int:
 
 def stage_parameters(model: ModelConfig, parallel: ParallelConfig, stage: int) -> ParamCount:
     """Parameters on one GPU of pipeline stage ``stage`` under ``parallel`` (its layers as
-    :func:`~uniapl_mcore.config.pipeline_stage_layers` splits them)."""
+    :func:`~uniapl_mcore.runtime.layout.pipeline_stage_layers` splits them)."""
     tp, pp = parallel.tensor_parallel_size, parallel.pipeline_parallel_size
     layer = layer_parameters(model, tp, parallel.expert_parallel_size,
                              expert_tensor_parallel_size(parallel))
@@ -200,36 +203,6 @@ def _expert_dp(parallel: ParallelConfig, dp: int) -> int:
         (expert_tensor_parallel_size(parallel) * parallel.expert_parallel_size)
 
 
-def _check_model_layout(model: ModelConfig, parallel: ParallelConfig, section: str) -> None:
-    """The divisibility the policy's RunConfig checks, for another model (the discriminator)."""
-    tp = parallel.tensor_parallel_size
-    field = f"{section}.parallel"
-    if model.num_attention_heads % tp:
-        raise ConfigError(f"{field}.tensor_parallel_size", f"{tp} does not divide "
-                          f"{section}.model.num_attention_heads={model.num_attention_heads}")
-    if model.num_query_groups % tp and tp % model.num_query_groups:
-        raise ConfigError(f"{field}.tensor_parallel_size", f"{tp} and {section}.model."
-                          f"num_query_groups={model.num_query_groups} must divide one another")
-    try:
-        pipeline_stage_layers(model.num_layers, parallel, f"{section}.model.num_layers")
-    except ConfigError as err:
-        raise err.within(field) from None
-    _check_experts(model, parallel, section)
-
-
-def _check_experts(model: ModelConfig, parallel: ParallelConfig, section: str) -> None:
-    """EP > 1 needs a mixture-of-experts model whose expert count it divides."""
-    ep = parallel.expert_parallel_size
-    prefix = f"{section}." if section else ""
-    if ep > 1 and not model.num_experts:
-        raise ConfigError(f"{prefix}parallel.expert_parallel_size",
-                          f"{ep} needs a mixture-of-experts model ({prefix}model.num_experts "
-                          "is 0)")
-    if ep > 1 and model.num_experts % ep:
-        raise ConfigError(f"{prefix}parallel.expert_parallel_size",
-                          f"{ep} does not divide {prefix}model.num_experts={model.num_experts}")
-
-
 def _stage_batches(cfg: UniaplConfig, dp: int) -> list[dict[str, Any]]:
     """Rows per optimizer step of each stage, and micro-batches per DP rank (worst case:
     every row at its longest, ``micro_batch_tokens // row_tokens`` rows per micro-batch)."""
@@ -273,7 +246,7 @@ def _discriminator_layout(cfg: UniaplConfig, world_size: int) -> dict[str, Any]:
         raise ConfigError("discriminator.parallel",
                           f"TP × PP = {processes} discriminator processes need more GPUs than "
                           f"the trainer's {world_size}")
-    _check_model_layout(disc.model, par, "discriminator")
+    check_layout(disc.model, par, "discriminator")
     return out
 
 
@@ -322,7 +295,6 @@ def plan_layout(cfg: UniaplConfig, world_size: int, *,
         raise ConfigError("world_size", f"must be >= 1, got {world_size}")
     total_gpus = world_size if total_gpus is None else total_gpus
     cfg.check_world_size(world_size)
-    _check_experts(cfg.model, cfg.parallel, "")
     par, model = cfg.parallel, cfg.model
     dp = world_size // par.model_parallel_size
     experts = model.num_experts

@@ -25,14 +25,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from uniapl_mcore.config import (
-    ConfigError,
-    dump_config,
-    pipeline_stage_layers,
-    stage_layer_range,
-)
+from uniapl_mcore.config import ConfigError, dump_config
 from uniapl_mcore.losses import RowKind, objective_weights
 from uniapl_mcore.megatron.checkpointing import barrier, load_checkpoint, unwrap_model
+from uniapl_mcore.runtime.layout import pipeline_stage_layers, stage_layer_range
 from uniapl_mcore.runtime.parallel import ParallelLayout, init_parallel
 from uniapl_mcore.trainer.checkpointing import CheckpointManager, fault_point, read_resume_point
 from uniapl_mcore.trainer.config import ResolvedStage, UniaplConfig

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from uniapl_mcore.config import ConfigError, ModelConfig
+from uniapl_mcore.config import ConfigError
+from uniapl_mcore.models.config import ModelConfig
 from uniapl_mcore.rollout.config import RolloutConfig
 from uniapl_mcore.rollout.types import GenerationRequest, GenerationResult, SamplingParams
 
