@@ -151,7 +151,7 @@ def test_cli_errors(case: str, tmp_path: Path, capsys) -> None:
     code = main(["analyze", "--run", f"m={path}", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    expected = {"missing": f"{path}: no such file", "malformed": f"{path}:3: malformed JSON",
+    expected = {"missing": f"{path}: no such file", "malformed": f"{path}:3: invalid JSON",
                 "field": f"{path}:2: field 'response_tokens'", "empty": f"{path}: no rows",
                 "dir": "generations/step_*.jsonl"}[case]
     assert expected in err

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from uniapl_mcore.data.jsonl import read_jsonl
+
 logger = logging.getLogger(__name__)
 
 FIG3 = "fig3_response_length.png"
@@ -128,27 +130,21 @@ def resolve_generations(path: Path) -> Path:
 def read_generations(path: Path) -> list[GenerationRow]:
     """Rows of one generations JSONL file (blank lines skipped; ids must be unique)."""
     path = Path(path)
+    rows: list[GenerationRow] = []
+    seen: dict[str, int] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        for lineno, obj in read_jsonl(path, AnalysisError):
+            where = f"{path}:{lineno}"
+            row = _row_from_json(obj, where)
+            if row.id in seen:
+                raise AnalysisError(f"{where}: duplicate id {row.id!r} (first on line "
+                                    f"{seen[row.id]})")
+            seen[row.id] = lineno
+            rows.append(row)
     except FileNotFoundError:
         raise AnalysisError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise AnalysisError(f"{path}: cannot read ({exc})") from None
-    rows: list[GenerationRow] = []
-    seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AnalysisError(f"{where}: malformed JSON ({exc.msg})") from None
-        row = _row_from_json(obj, where)
-        if row.id in seen:
-            raise AnalysisError(f"{where}: duplicate id {row.id!r} (first on line {seen[row.id]})")
-        seen[row.id] = lineno
-        rows.append(row)
     return rows
 
 
@@ -439,11 +435,14 @@ def plot_lengths(models: Sequence[ModelRows], teacher_lengths: Sequence[int], ou
                                            "models", filled="teacher responses")
 
 
-def plot_logprob_kde(deltas: Mapping[str, Sequence[float]], out: Path, source: str
-                     ) -> dict[str, dict[str, list[float]]]:
-    """Figure 4: Gaussian KDE (Scott's bandwidth) of Δ per model, vertical line at 0.
+def plot_delta_kde(deltas: Mapping[str, Sequence[float]], out: Path, *, title: str,
+                   xlabel: str, ylabel: str = "density", mean_digits: int = 3
+                   ) -> dict[str, dict[str, list[float]]]:
+    """A Gaussian KDE (Scott's bandwidth) of each series of Δ on one grid, a dotted line at
+    Δ = 0, the legend right of the axes (name, n, mean Δ to ``mean_digits`` decimals);
+    written to ``out``. Series without values are left out.
 
-    Returns each model's ``{"grid": [...], "density": [...]}`` (nats, 1/nats).
+    Returns each series' ``{"grid": [...], "density": [...]}`` (Δ's unit, 1/that unit).
     """
     from uniapl_mcore.trainer.metrics_log import new_figure, save_figure
 
@@ -456,16 +455,27 @@ def plot_logprob_kde(deltas: Mapping[str, Sequence[float]], out: Path, source: s
         density = gaussian_kde(d, grid)
         curves[name] = {"grid": grid.tolist(), "density": density.tolist()}
         ax.plot(grid, density, color=f"C{k % 10}", linewidth=1.8,
-                label=f"{name} (n={len(d)}, mean Δ {np.mean(d):+.3f})")
+                label=f"{name} (n={len(d)}, mean Δ {np.mean(d):+.{mean_digits}f})")
         ax.fill_between(grid, density, color=f"C{k % 10}", alpha=0.12)
     ax.axvline(0.0, color="black", linestyle=":", linewidth=1.2)
-    ax.set_xlabel("Δ = log p(y_model) − log p(y_teacher)  (mean per token, nats)")
-    ax.set_ylabel("density")
-    ax.set_title(f"Log-prob difference vs teacher (KDE; log-probs: {source})", fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     outside_legend(ax)
     save_figure(fig, out)
     return curves
+
+
+def plot_logprob_kde(deltas: Mapping[str, Sequence[float]], out: Path, source: str
+                     ) -> dict[str, dict[str, list[float]]]:
+    """Figure 4: KDE of Δ (mean log-prob per token, nats) per model, vertical line at 0.
+
+    Returns each model's ``{"grid": [...], "density": [...]}`` (nats, 1/nats).
+    """
+    return plot_delta_kde(
+        deltas, out, title=f"Log-prob difference vs teacher (KDE; log-probs: {source})",
+        xlabel="Δ = log p(y_model) − log p(y_teacher)  (mean per token, nats)")
 
 
 # --------------------------------------------------------------------------- driver

@@ -36,9 +36,7 @@ import numpy as np
 from uniapl_mcore.eval.analysis import (
     AnalysisError,
     _write_text,
-    gaussian_kde,
-    kde_grid,
-    outside_legend,
+    plot_delta_kde,
     summary_stats,
 )
 
@@ -242,26 +240,13 @@ def loglik_gaps(student: Sequence[float], teacher: Sequence[float]) -> np.ndarra
 
 def plot_loglik_kde(deltas: Mapping[str, Sequence[float]], out: Path, teacher_label: str
                     ) -> Path:
-    """Figure 4: Gaussian KDE (Scott's bandwidth) of Δ per student group, line at Δ = 0;
-    the legend sits right of the axes, never over the curves."""
-    from uniapl_mcore.trainer.metrics_log import new_figure, save_figure
-
-    grid = kde_grid(list(deltas.values()))
-    fig = new_figure(9.5, 5.0)
-    ax = fig.add_subplot(1, 1, 1)
-    for k, (name, d) in enumerate(deltas.items()):
-        density = gaussian_kde(d, grid)
-        ax.plot(grid, density, color=f"C{k % 10}", linewidth=1.8,
-                label=f"{name} (n={len(d)}, mean Δ {np.mean(d):+.1f})")
-        ax.fill_between(grid, density, color=f"C{k % 10}", alpha=0.12)
-    ax.axvline(0.0, color="black", linestyle=":", linewidth=1.2)
-    ax.set_xlabel("Δ = log p_student(y) − log p_teacher(y)  (total over the response, nats)")
-    ax.set_ylabel("density (1/nat)")
-    ax.set_title(f"Dataset responses: log-likelihood under student − teacher\n"
-                 f"(teacher: {teacher_label})", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    outside_legend(ax)
-    return save_figure(fig, out)
+    """Figure 4: KDE of Δ (total log-likelihood, nats) per student group, line at Δ = 0."""
+    plot_delta_kde(deltas, out, mean_digits=1, ylabel="density (1/nat)",
+                   xlabel="Δ = log p_student(y) − log p_teacher(y)  (total over the response, "
+                          "nats)",
+                   title=f"Dataset responses: log-likelihood under student − teacher\n"
+                         f"(teacher: {teacher_label})")
+    return out
 
 
 def _student_summary(values: Sequence[Sequence[float]], teacher: Sequence[float],

@@ -45,6 +45,7 @@ import numpy as np
 import yaml
 
 from uniapl_mcore.config import build_dataclass
+from uniapl_mcore.data.jsonl import read_jsonl
 from uniapl_mcore.eval.analysis import (
     GenerationRow,
     _write_text,
@@ -256,15 +257,7 @@ def train_command(config_path: Path, run_dir: Path) -> list[str]:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """``metrics.jsonl`` records (one per step, plus the step-0 evaluation)."""
-    path = run_dir / "metrics.jsonl"
-    records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise StudyError(f"{path}:{lineno}: malformed JSON") from None
-    return records
+    return [record for _, record in read_jsonl(run_dir / "metrics.jsonl", StudyError)]
 
 
 def total_steps(spec: RunSpec) -> int:
@@ -316,8 +309,7 @@ def mark_complete(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     final_eval(read_metrics(run_dir), steps, run_dir / "metrics.jsonl")
     if not (run_dir / "hf" / "config.json").is_file():
         raise StudyError(f"{run_dir / 'hf'}: the run finished without its HF export")
-    attempts = [json.loads(line) for line in (run_dir / "attempts.jsonl").read_text()
-                .splitlines() if line.strip()]
+    attempts = [record for _, record in read_jsonl(run_dir / "attempts.jsonl", StudyError)]
     marker = {"name": spec.name, "method": spec.method, "seed": spec.seed, "steps": steps,
               "config_sha256": spec.config_sha256,
               "wall_s": float(sum(a["wall_s"] for a in attempts)), "attempts": len(attempts)}

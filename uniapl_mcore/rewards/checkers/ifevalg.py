@@ -14,6 +14,7 @@ from uniapl_mcore.rewards import text as T
 from uniapl_mcore.rewards.checkers.base import Checker, ConstraintError, Kwargs, compare, register
 from uniapl_mcore.rewards.checkers.ifeval import (
     PARAGRAPH_SPLIT_RE,
+    KeywordFrequency,
     compile_regex,
     count_paragraphs,
 )
@@ -135,17 +136,9 @@ class WordOnce(Checker):
 
 
 @register("keywords:word_count_different_numbers", FAMILY)
-class WordCountDifferentNumbers(Checker):
-    """Like ``keywords:frequency``: ci regex matches compared by relation."""
-
-    def _parse(self, kw: Kwargs) -> None:
-        self.keyword = kw.str("keyword", nonempty=True).strip()
-        self.frequency = kw.int("frequency", minimum=0)
-        self.relation = kw.relation("relation")
-        self._pattern = compile_regex(self.keyword, "keyword", re.IGNORECASE)
-
-    def check(self, text: str) -> bool:
-        return compare(len(self._pattern.findall(text)), self.relation, self.frequency)
+class WordCountDifferentNumbers(KeywordFrequency):
+    """The same check as ``keywords:frequency``: case-insensitive regex matches of
+    ``keyword`` compared by relation."""
 
 
 @register("keywords:exclude_word_harder", FAMILY)
