@@ -174,7 +174,13 @@ def test_layout_of_the_moe_config():
     assert t.tp * t.pp * t.cp * t.dp == 128
     assert t.experts_per_rank * t.ep == 128
     assert t.expert_dp * t.ep == t.cp * t.dp  # experts split over TP too
-    assert t.stage_layers == (47, 47)
+    assert (t.dp, t.expert_dp, t.stage_layers) == (8, 1, (47, 47))
+    small = dataclasses.replace(cfg, parallel=dataclasses.replace(
+        cfg.parallel, tensor_parallel_size=2, pipeline_parallel_size=2, expert_parallel_size=2))
+    t = plan_layout(small, 128).trainer  # DP 128 / 4 = 32; expert-DP 2·1·32 / (2·2) = 16
+    assert (t.dp, t.expert_dp, t.dense_dp, t.experts_per_rank) == (32, 16, 32, 64)
+    notes = {i.name: i.note for i in estimate_memory(small, 128).items}
+    assert notes["optimizer state"].endswith("/32 DP, experts /16 expert-DP")
 
 
 def test_uneven_pipeline_split_of_94_layers():
