@@ -273,7 +273,7 @@ def test_dry_run_counts_recomputed_activations():
 
     from uniapl_mcore.models.config import ModelConfig, RecomputeConfig
     from uniapl_mcore.runtime.layout import ParallelConfig
-    from uniapl_mcore.trainer.dry_run import activation_bytes_per_token, kept_activation_bytes
+    from uniapl_mcore.trainer.plan import activation_bytes_per_token, kept_activation_bytes
 
     model, par = ModelConfig(params_dtype="bfloat16"), ParallelConfig()  # 2 layers, H = 64
     per_layer = activation_bytes_per_token(model, par)

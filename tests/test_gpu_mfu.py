@@ -56,9 +56,9 @@ def test_flops_formula_against_a_hand_count(gpu_mfu):
 
 
 def test_qwen3_shapes_and_the_size_choice(gpu_mfu):
-    from uniapl_mcore.trainer.dry_run import count_parameters
+    from uniapl_mcore.trainer.plan import count_parameters
 
-    sizes = {name: count_parameters(gpu_mfu.qwen3_model(name, 4096))["total"]
+    sizes = {name: count_parameters(gpu_mfu.qwen3_model(name, 4096)).total
              for name in gpu_mfu.QWEN3_SHAPES}
     assert sizes["0.6b"] == pytest.approx(0.596e9, rel=0.01)
     assert sizes["1.7b"] == pytest.approx(1.72e9, rel=0.01)

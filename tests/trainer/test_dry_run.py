@@ -13,7 +13,7 @@ from uniapl_mcore.models.config import ModelConfig
 from uniapl_mcore.runtime.layout import ParallelConfig
 from uniapl_mcore.testing import run_distributed
 from uniapl_mcore.trainer.config import UniaplConfig
-from uniapl_mcore.trainer.dry_run import (
+from uniapl_mcore.trainer.plan import (
     count_parameters,
     dry_run,
     estimate_memory,
@@ -94,7 +94,7 @@ def test_counts_equal_real_megatron_models():
                         if par.expert_parallel_size == 1 or kw.get("num_experts") else None
                         for kw in TINY_MODELS]
             assert counts == expected, (rank, parallel)
-    whole = [count_parameters(ModelConfig(**kw))["total"] for kw in TINY_MODELS]
+    whole = [count_parameters(ModelConfig(**kw)).total for kw in TINY_MODELS]
     assert results[0][0] == whole
 
 
@@ -113,13 +113,13 @@ def _qwen3(**kw) -> ModelConfig:
 ])
 def test_published_sizes(model, total, non_embedding, active):
     counts = count_parameters(model)
-    assert counts["total"] == pytest.approx(total, rel=0.02)
+    assert counts.total == pytest.approx(total, rel=0.02)
     if non_embedding:
-        assert counts["non_embedding"] == pytest.approx(non_embedding, rel=0.02)
+        assert counts.non_embedding == pytest.approx(non_embedding, rel=0.02)
     if active:
-        assert counts["active"] == pytest.approx(active, rel=0.02)
+        assert counts.active == pytest.approx(active, rel=0.02)
     else:
-        assert counts["active"] == counts["total"]
+        assert counts.active == counts.total
 
 
 def test_example_models_are_the_published_ones():
@@ -127,8 +127,8 @@ def test_example_models_are_the_published_ones():
              "qwen3_235b_a22b_multinode.yaml": 235e9}
     for name, size in sizes.items():
         cfg = _load_example(EXAMPLES / name)
-        assert count_parameters(cfg.model)["total"] == pytest.approx(size, rel=0.02), name
-        polar = count_parameters(cfg.discriminator.model)["total"]
+        assert count_parameters(cfg.model).total == pytest.approx(size, rel=0.02), name
+        polar = count_parameters(cfg.discriminator.model).total
         assert polar == pytest.approx(7.36e9, rel=0.02), name  # POLAR-7B (InternLM2.5-7B)
 
 
@@ -151,14 +151,14 @@ def test_scale_configs_fit_80_gib(name):
     cfg = _load_example(EXAMPLES / name)
     world = SCALE_CONFIGS[name]
     memory = estimate_memory(cfg, world, 80.0)
-    assert memory["fits"] and 0.3 < memory["fraction"] <= 1.0, memory
-    assert not [w for w in memory["warnings"] if "needs" in w], memory["warnings"]
-    items = {i["name"]: i for i in memory["items"]}
-    assert items["policy parameters"]["training"] > 0
-    assert (items["discriminator"]["training"] > 0) is not cfg.discriminator.offload
-    assert items["rollout engine"]["generation"] > items["rollout engine"]["training"]
-    assert memory["peak_gib"] == pytest.approx(sum(
-        i[memory["peak_phase"]] for i in memory["items"]))
+    assert memory.fits and 0.3 < memory.fraction <= 1.0, memory
+    assert not [w for w in memory.warnings if "needs" in w], memory.warnings
+    items = {i.name: i for i in memory.items}
+    assert items["policy parameters"].training > 0
+    assert (items["discriminator"].training > 0) is not cfg.discriminator.offload
+    assert items["rollout engine"].generation > items["rollout engine"].training
+    assert memory.peak_gib == pytest.approx(sum(
+        i.gib(memory.peak_phase) for i in memory.items))
     report = dry_run(cfg, world, 80.0)
     assert "fits" in report and "DOES NOT FIT" not in report
     assert f"Layout on {world} trainer GPU(s)" in report
@@ -170,11 +170,17 @@ def test_scale_configs_fit_80_gib(name):
 def test_layout_of_the_moe_config():
     cfg = _load_example(EXAMPLES / "qwen3_235b_a22b_multinode.yaml")
     layout = plan_layout(cfg, 128)
-    t = layout["trainer"]
-    assert t["tp"] * t["pp"] * t["cp"] * t["dp"] == 128
-    assert t["experts_per_rank"] * t["ep"] == 128
-    assert t["expert_dp"] * t["ep"] == t["cp"] * t["dp"]  # experts split over TP too
-    assert t["stage_layers"] == (47, 47)
+    t = layout.trainer
+    assert t.tp * t.pp * t.cp * t.dp == 128
+    assert t.experts_per_rank * t.ep == 128
+    assert t.expert_dp * t.ep == t.cp * t.dp  # experts split over TP too
+    assert (t.dp, t.expert_dp, t.stage_layers) == (8, 1, (47, 47))
+    small = dataclasses.replace(cfg, parallel=dataclasses.replace(
+        cfg.parallel, tensor_parallel_size=2, pipeline_parallel_size=2, expert_parallel_size=2))
+    t = plan_layout(small, 128).trainer  # DP 128 / 4 = 32; expert-DP 2·1·32 / (2·2) = 16
+    assert (t.dp, t.expert_dp, t.dense_dp, t.experts_per_rank) == (32, 16, 32, 64)
+    notes = {i.name: i.note for i in estimate_memory(small, 128).items}
+    assert notes["optimizer state"].endswith("/32 DP, experts /16 expert-DP")
 
 
 def test_uneven_pipeline_split_of_94_layers():
@@ -183,31 +189,31 @@ def test_uneven_pipeline_split_of_94_layers():
     cfg = _load_example(EXAMPLES / "qwen3_235b_a22b_multinode.yaml")
     pp4 = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel,
                                                                 pipeline_parallel_size=4))
-    assert plan_layout(pp4, 256)["trainer"]["stage_layers"] == (23, 24, 24, 23)
+    assert plan_layout(pp4, 256).trainer.stage_layers == (23, 24, 24, 23)
     layer = layer_parameters(pp4.model, 8, 8)
     for stage, layers in enumerate((23, 24, 24, 23)):
         assert stage_parameters(pp4.model, pp4.parallel, stage).expert == layers * layer.expert
     memory = estimate_memory(pp4, 256, 80.0)
-    notes = {i["name"]: i["note"] for i in memory["items"]}
-    layers = (23, 24, 24, 23)[memory["stage"]]
+    notes = {i.name: i.note for i in memory.items}
+    layers = (23, 24, 24, 23)[memory.stage]
     assert f"× {layers} layers ×" in notes["activations"]
     assert "layers/stage 23/24/24/23" in dry_run(pp4, 256, 80.0)
     fixed = dataclasses.replace(pp4, parallel=dataclasses.replace(
         pp4.parallel, first_stage_layers=22, last_stage_layers=24))
-    assert plan_layout(fixed, 256)["trainer"]["stage_layers"] == (22, 24, 24, 24)
+    assert plan_layout(fixed, 256).trainer.stage_layers == (22, 24, 24, 24)
 
 
 def test_rollouts_per_step():
     cfg = _load_example(EXAMPLES / "qwen3_0p6b_sft_then_a_grpo.yaml")
-    sft, grpo = plan_layout(cfg, 8)["stages"]
-    assert (sft["objective"], sft["rollouts"], sft["sft_rows"]) == ("sft", 0, cfg.prompts_per_step)
-    assert grpo["objective"] == "a_grpo" and grpo["sft_rows"] == 0
-    assert grpo["pref_rollouts"] == cfg.prompts_per_step * cfg.rollout.samples_per_prompt
+    sft, grpo = plan_layout(cfg, 8).stages
+    assert (sft.objective, sft.rollouts, sft.sft_rows) == ("sft", 0, cfg.prompts_per_step)
+    assert grpo.objective == "a_grpo" and grpo.sft_rows == 0
+    assert grpo.pref_rollouts == cfg.prompts_per_step * cfg.rollout.samples_per_prompt
     unified = _load_example(EXAMPLES / "qwen3_0p6b_8gpu.yaml")
-    (stage,) = plan_layout(unified, 8)["stages"]
+    (stage,) = plan_layout(unified, 8).stages
     g_sft = unified.sft_samples_per_prompt or unified.rollout.samples_per_prompt
-    assert stage["sft_rollouts"] == stage["sft_rows"] * g_sft > 0
-    assert stage["sft_rows"] + stage["pref_prompts"] == unified.prompts_per_step
+    assert stage.sft_rollouts == stage.sft_rows * g_sft > 0
+    assert stage.sft_rows + stage.pref_prompts == unified.prompts_per_step
 
 
 # --------------------------------------------------------------------------- errors
@@ -227,7 +233,7 @@ def test_impossible_world_sizes_raise():
         cfg.rollout, placement="disaggregated", num_engines=4))
     with pytest.raises(ConfigError, match="^rollout.placement: disaggregated engines need 4"):
         plan_layout(split, 8)
-    assert plan_layout(split, 8, total_gpus=12)["rollout"]["gpus"] == 4
+    assert plan_layout(split, 8, total_gpus=12).rollout.gpus == 4
     with pytest.raises(ConfigError, match="world_size"):
         plan_layout(cfg, 0)
 
@@ -253,14 +259,14 @@ def test_impossible_model_layouts_raise():
         "equal count >= 1 each (leave both null for a balanced split)")
     balanced = dataclasses.replace(cfg, discriminator=dataclasses.replace(
         disc, parallel=dataclasses.replace(disc.parallel, pipeline_parallel_size=3)))
-    assert plan_layout(balanced, 8)["discriminator"]["pp"] == 3  # 10/11/11 layers
+    assert plan_layout(balanced, 8).discriminator.pp == 3  # 10/11/11 layers
 
 
 def test_over_budget_is_reported():
     cfg = _load_example(EXAMPLES / "qwen3_4b_8gpu.yaml")
     memory = estimate_memory(cfg, 8, 16.0)
-    assert not memory["fits"]
-    assert any(w.startswith("training phase needs") for w in memory["warnings"])
+    assert not memory.fits
+    assert any(w.startswith("training phase needs") for w in memory.warnings)
     assert "DOES NOT FIT" in dry_run(cfg, 8, 16.0)
 
 
@@ -269,7 +275,7 @@ def test_over_budget_is_reported():
 
 @pytest.mark.parametrize("name", sorted(SCALE_CONFIGS))
 def test_sync_estimate_of_each_scale_config(name):
-    from uniapl_mcore.trainer.dry_run import (
+    from uniapl_mcore.trainer.plan import (
         SYNC_RING_BUCKETS,
         count_parameters,
         dry_run,
@@ -279,36 +285,36 @@ def test_sync_estimate_of_each_scale_config(name):
     cfg = _load_example(EXAMPLES / name)
     world = SCALE_CONFIGS[name]
     sync = sync_estimate(cfg, plan_layout(cfg, world))
-    model = count_parameters(cfg.model)["total"] * 2  # bf16
-    assert sync["model"] == model
-    assert sync["rank0_out"] == cfg.rollout.num_engines * model
+    model = count_parameters(cfg.model).total * 2  # bf16
+    assert sync.model == model
+    assert sync.rank0_out == cfg.rollout.num_engines * model
     sharded = cfg.parallel.model_parallel_size * cfg.parallel.expert_parallel_size > 1
     if sharded:  # the other model-parallel ranks send their shards to rank 0
-        assert 0 < sync["rank0_in"] < model and 0 < sync["largest_sender"] < model
+        assert 0 < sync.rank0_in < model and 0 < sync.largest_sender < model
     else:  # every rank holds the whole model; rank 0 sends its own copy
-        assert sync["rank0_in"] == sync["largest_sender"] == 0
-    assert sync["seconds"] == pytest.approx((sync["rank0_in"] + sync["rank0_out"]) / 25e9)
-    assert sync["rank0_host"] == 2 * model  # this version + the one kept for restarts
-    assert sync["rank_device"] == SYNC_RING_BUCKETS * cfg.rollout.weight_sync.bucket_bytes
+        assert sync.rank0_in == sync.largest_sender == 0
+    assert sync.seconds == pytest.approx((sync.rank0_in + sync.rank0_out) / 25e9)
+    assert sync.rank0_host == 2 * model  # this version + the one kept for restarts
+    assert sync.rank_device == SYNC_RING_BUCKETS * cfg.rollout.weight_sync.bucket_bytes
     report = dry_run(cfg, world)
     assert "Weight sync per step" in report and "rank 0 receives" in report
     if name.startswith("qwen3_235b"):  # the issue's figure: ~470 GB through rank 0 per step
-        assert 460e9 < sync["model"] < 480e9
+        assert 460e9 < sync.model < 480e9
 
 
 def test_sync_estimate_of_one_process():
-    from uniapl_mcore.trainer.dry_run import sync_estimate
+    from uniapl_mcore.trainer.plan import sync_estimate
 
     cfg = UniaplConfig()
     sync = sync_estimate(cfg, plan_layout(cfg, 1))
-    assert sync["largest_sender"] == 0 and sync["rank0_in"] == 0
-    assert sync["readers"] == 1 and sync["rank0_out"] == sync["model"]
+    assert sync.largest_sender == 0 and sync.rank0_in == 0
+    assert sync.readers == 1 and sync.rank0_out == sync.model
 
 
 def test_direct_sync_estimate_has_no_rank0_funnel():
     """``transport: direct`` on the 235B example: each stage's leader sends its own stage
     once, no rank holds the model, and the estimate is far below the object-store one."""
-    from uniapl_mcore.trainer.dry_run import dry_run, sync_estimate
+    from uniapl_mcore.trainer.plan import dry_run, sync_estimate
 
     name = next(n for n in SCALE_CONFIGS if n.startswith("qwen3_235b"))
     cfg = _load_example(EXAMPLES / name)
@@ -317,9 +323,9 @@ def test_direct_sync_estimate_has_no_rank0_funnel():
     cfg.rollout.weight_sync = type(cfg.rollout.weight_sync)(transport="direct")
     direct = sync_estimate(cfg, plan_layout(cfg, world))
     stages = cfg.parallel.pipeline_parallel_size
-    assert direct["senders"] == stages and direct["rank0_host"] == 0
-    assert direct["model"] == funnel["model"]
-    assert direct["rank0_out"] < funnel["model"] / stages * 1.2  # its own stage only
-    assert direct["seconds"] == pytest.approx(direct["largest_sender"] / 25e9)
-    assert direct["seconds"] < funnel["seconds"] / 5
+    assert direct.senders == stages and direct.rank0_host == 0
+    assert direct.model == funnel.model
+    assert direct.rank0_out < funnel.model / stages * 1.2  # its own stage only
+    assert direct.seconds == pytest.approx(direct.largest_sender / 25e9)
+    assert direct.seconds < funnel.seconds / 5
     assert "direct:" in dry_run(cfg, world)

@@ -8,7 +8,7 @@ precision, Adam (distributed optimizer, fp32 master weights and gradients), rand
 Each step is ``--micro-batches`` forward + backward passes of one ``--seq-length`` row (or,
 with ``--packing thd``, of random-length sequences packed into that many tokens, THD layout)
 and one optimizer step. The size is the largest of Qwen3-0.6B / 1.7B / 4B whose training
-memory (``uniapl_mcore.trainer.dry_run.single_gpu_training_bytes``) fits the GPU, unless
+memory (``uniapl_mcore.trainer.plan.single_gpu_training_bytes``) fits the GPU, unless
 ``--size`` names one. Then the same run with each FP8 recipe that Transformer Engine supports
 on this GPU (``--fp8-recipes``).
 
@@ -57,7 +57,7 @@ from figures import Figure, emit, higher_is_better
 from uniapl_mcore.megatron.config import OptimizerConfig
 from uniapl_mcore.models.config import FP8_RECIPES, Fp8Config, ModelConfig
 from uniapl_mcore.runtime.layout import ParallelConfig
-from uniapl_mcore.trainer.dry_run import (
+from uniapl_mcore.trainer.plan import (
     GIB,
     HEADROOM_FRACTION,
     count_parameters,
@@ -108,7 +108,7 @@ def qwen3_model(size: str, seq_length: int, impl: str = "transformer_engine",
 
 def dense_flops_per_token(model: ModelConfig) -> float:
     """6·(N + V·h): the GEMM FLOPs of one token's forward + backward (see the module doc)."""
-    n_non_embedding = count_parameters(model)["non_embedding"]
+    n_non_embedding = count_parameters(model).non_embedding
     return 6.0 * (n_non_embedding + model.vocab_size * model.hidden_size)
 
 
@@ -128,7 +128,7 @@ def training_flops(model: ModelConfig, lengths: Sequence[int]) -> float:
 
 def formula_text(model: ModelConfig, seq_length: int) -> str:
     """The formula with this model's numbers, for the report."""
-    n = count_parameters(model)["non_embedding"]
+    n = count_parameters(model).non_embedding
     vh = model.vocab_size * model.hidden_size
     ad = model.num_attention_heads * model.head_dim
     per_token = training_flops(model, [seq_length]) / seq_length
@@ -145,7 +145,7 @@ def pick_size(gpu_memory_bytes: float, seq_length: int) -> str | None:
     of ``seq_length`` tokens, no recomputation) fits ``HEADROOM_FRACTION`` of the GPU."""
     best = None
     for size in QWEN3_SHAPES:  # ascending
-        need = single_gpu_training_bytes(qwen3_model(size, seq_length), seq_length)["total"]
+        need = single_gpu_training_bytes(qwen3_model(size, seq_length), seq_length).total
         if need <= HEADROOM_FRACTION * gpu_memory_bytes:
             best = size
     return best
@@ -452,8 +452,8 @@ def run(args: argparse.Namespace) -> int:
     params = count_parameters(model)
     print(f"gpu_mfu: {props.name} ({props.total_memory / GIB:.1f} GiB), peak bf16 "
           f"{peak_bf16 or 'unknown'} / FP8 {peak_fp8 or 'unknown'} TFLOP/s dense")
-    print(f"gpu_mfu: Qwen3-{size} ({params['total'] / 1e9:.3f} B params, "
-          f"{params['non_embedding'] / 1e9:.3f} B non-embedding), {impl} layers, "
+    print(f"gpu_mfu: Qwen3-{size} ({params.total / 1e9:.3f} B params, "
+          f"{params.non_embedding / 1e9:.3f} B non-embedding), {impl} layers, "
           f"{args.micro_batches} × {args.seq_length} tokens per step ({args.packing}), "
           f"{args.steps} timed steps")
     print(f"gpu_mfu: {formula_text(model, args.seq_length)}")

@@ -14,7 +14,8 @@ from uniapl_mcore.config import check
 
 @dataclass
 class ParallelConfig:
-    """Parallel layout. The data-parallel size is derived: world / (tp·pp·cp).
+    """Parallel layout. The data-parallel sizes are derived from the world size
+    (:meth:`data_parallel_size`, :meth:`expert_data_parallel_size`).
 
     Megatron DDP communication (GPU fast path; off by default):
 
@@ -66,17 +67,39 @@ class ParallelConfig:
         """Ranks that hold one model replica: tp · pp · cp."""
         return self.tensor_parallel_size * self.pipeline_parallel_size * self.context_parallel_size
 
+    def data_parallel_size(self, world_size: int) -> int:
+        """Model replicas on ``world_size`` ranks: world / (tp · pp · cp), in ranks (floored;
+        :meth:`check_world_size` refuses a world size it does not divide). Megatron's
+        ``get_data_parallel_world_size()``; CP ranks are not counted (the distributed
+        optimizer shards dense state over DP · CP)."""
+        return world_size // self.model_parallel_size
+
+    @property
+    def expert_tensor_parallel_size(self) -> int:
+        """TP size of the expert weights as built: :func:`uniapl_mcore.runtime.parallel.
+        init_parallel` leaves Megatron's ``expert_tensor_parallel_size`` unset, whose default
+        is the dense TP size, so experts are split over TP like the dense MLP."""
+        return self.tensor_parallel_size
+
+    def expert_data_parallel_size(self, world_size: int) -> int:
+        """Ranks on ``world_size`` that hold the same expert shard (the group the distributed
+        optimizer shards expert state over): TP · CP · DP / (ETP · EP), in ranks. With ETP =
+        TP this is CP · DP / EP; for a dense model (EP 1) it is the dense DP · CP group.
+        World 16, TP 2, PP 2, EP 2 → DP 4, expert-DP 2 · 1 · 4 / (2 · 2) = 2."""
+        dp = self.data_parallel_size(world_size)
+        return self.tensor_parallel_size * self.context_parallel_size * dp // \
+            (self.expert_tensor_parallel_size * self.expert_parallel_size)
+
     def check_world_size(self, world_size: int) -> None:
         """Fail with one line when ``world_size`` cannot host this layout."""
         mp = self.model_parallel_size
         check(world_size % mp == 0, "parallel",
               f"world size {world_size} is not divisible by tensor_parallel_size × "
               f"pipeline_parallel_size × context_parallel_size = {mp}")
-        dp = world_size // mp
+        dp = self.data_parallel_size(world_size)
         check(dp % self.expert_parallel_size == 0 or self.expert_parallel_size == 1,
               "parallel.expert_parallel_size",
               f"{self.expert_parallel_size} must divide the data-parallel size {dp}")
-
 
 def pipeline_stage_layers(num_layers: int, parallel: ParallelConfig,
                           layers_field: str = "model.num_layers") -> tuple[int, ...]:

@@ -99,6 +99,20 @@ def _start_process_group(env: DistEnv, backend: str, timeout_s: float) -> bool:
     return True
 
 
+def _check_derived_sizes(parallel: ParallelConfig, world_size: int) -> None:
+    """Megatron's data-parallel and expert-data-parallel sizes equal the arithmetic of
+    :class:`ParallelConfig` (which the dry-run planner uses); raise if they ever diverge."""
+    from megatron.core import parallel_state as mpu
+
+    built = (mpu.get_data_parallel_world_size(),
+             mpu.get_expert_data_parallel_world_size())
+    planned = (parallel.data_parallel_size(world_size),
+               parallel.expert_data_parallel_size(world_size))
+    if built != planned:
+        raise RuntimeError(f"Megatron built (DP, expert-DP) = {built} but the parallel config "
+                           f"implies {planned} on {world_size} ranks")
+
+
 def init_parallel(parallel: ParallelConfig, seed: int, env: DistEnv | None = None,
                   timeout_s: float = 600.0) -> ParallelLayout:
     """Start the process group and Megatron parallel state for ``parallel``; seed RNGs.
@@ -130,6 +144,7 @@ def init_parallel(parallel: ParallelConfig, seed: int, env: DistEnv | None = Non
         distributed_timeout_minutes=max(1, int(timeout_s // 60)),
         create_gloo_process_groups=True,
     )
+    _check_derived_sizes(parallel, env.world_size)
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
     layout = ParallelLayout(

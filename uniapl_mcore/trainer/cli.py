@@ -62,7 +62,7 @@ def train_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides, cls=UniaplConfig)
     env = DistEnv.from_environ()
     if args.dry_run:
-        from uniapl_mcore.trainer.dry_run import dry_run
+        from uniapl_mcore.trainer.plan import dry_run
 
         nproc = args.nproc_per_node or (env.world_size if env.launched else
                                         config.parallel.model_parallel_size)
