@@ -101,6 +101,7 @@ class ParallelConfig:
               "parallel.expert_parallel_size",
               f"{self.expert_parallel_size} must divide the data-parallel size {dp}")
 
+
 def pipeline_stage_layers(num_layers: int, parallel: ParallelConfig,
                           layers_field: str = "model.num_layers") -> tuple[int, ...]:
     """Transformer layers on each pipeline stage, first to last: ``pipeline_parallel_size``
