@@ -282,6 +282,10 @@ def test_start_refuses_bad_configs_with_one_line(ray_cluster, polar, tmp_path):
             pipeline_parallel_size=3)), "x", seed=0, max_steps=0)
     assert str(info.value) == ("discriminator.parallel.pipeline_parallel_size: 3 stages need "
                                "at least one layer each, the model's num_layers=2")
+    with pytest.raises(ConfigError, match=r"^discriminator\.parallel\.tensor_parallel_size: 3 "
+                                          r"does not divide the model's num_attention_heads="):
+        DiscriminatorClient.start(replace(frozen, parallel=ParallelConfig(
+            tensor_parallel_size=3)), "x", seed=0, max_steps=0)
 
 
 def test_an_actor_failure_surfaces_as_one_error(ray_cluster, trained):

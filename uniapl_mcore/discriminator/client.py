@@ -26,8 +26,8 @@ from uniapl_mcore.config import ConfigError, check
 from uniapl_mcore.discriminator.config import DiscriminatorConfig
 from uniapl_mcore.discriminator.polar_template import PolarTemplate, PolarTriple
 from uniapl_mcore.discriminator.service import DiscriminatorWorker, WorkerSpec
+from uniapl_mcore.megatron.config import check_layout
 from uniapl_mcore.models.config import ModelConfig
-from uniapl_mcore.runtime.layout import pipeline_stage_layers
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +129,8 @@ class DiscriminatorClient:
 
             TorchDistReader(cfg.checkpoint)  # one-line error when it is not a checkpoint
         model = resolve_model_config(cfg)
-        try:  # the checkpoint's layer count against discriminator.parallel's stages
-            pipeline_stage_layers(model.num_layers, cfg.parallel, "the model's num_layers")
-        except ConfigError as err:
-            raise err.within("discriminator.parallel") from None
+        # the checkpoint's architecture against discriminator.parallel (TP, EP, PP split)
+        check_layout(model, cfg.parallel, "discriminator", model_label="the model's ")
         check(cfg.max_tokens <= model.max_position_embeddings, "discriminator.max_tokens",
               f"{cfg.max_tokens} exceeds the model's max_position_embeddings="
               f"{model.max_position_embeddings}")

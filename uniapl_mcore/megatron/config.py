@@ -45,7 +45,8 @@ class OptimizerConfig:
               "must be > 0 when set")
 
 
-def check_layout(model: ModelConfig, parallel: ParallelConfig, section: str = "") -> None:
+def check_layout(model: ModelConfig, parallel: ParallelConfig, section: str = "",
+                 model_label: str | None = None) -> None:
     """Check that Megatron can lay ``model`` out as ``parallel`` says, for any world size.
 
     Tensor parallelism must divide the attention heads and the MLP width, and the query
@@ -57,26 +58,29 @@ def check_layout(model: ModelConfig, parallel: ParallelConfig, section: str = ""
         section: where the two sections sit in the run config: ``""`` for the policy's
             ``model`` / ``parallel``, ``"discriminator"`` for ``discriminator.model`` / …;
             error messages name fields below it.
+        model_label: how messages name the model's fields (default ``"<section>.model."``;
+            e.g. ``"the model's "`` for an architecture read from a checkpoint).
     Raises:
         ConfigError: one line naming the ``parallel.*`` field at fault.
     """
     prefix = f"{section}." if section else ""
+    of = f"{prefix}model." if model_label is None else model_label
     tp_field = f"{prefix}parallel.tensor_parallel_size"
     tp = parallel.tensor_parallel_size
     for name in ("num_attention_heads", "ffn_hidden_size"):
         check(getattr(model, name) % tp == 0, tp_field,
-              f"{tp} does not divide {prefix}model.{name}={getattr(model, name)}")
+              f"{tp} does not divide {of}{name}={getattr(model, name)}")
     check(model.num_query_groups % tp == 0 or tp % model.num_query_groups == 0, tp_field,
-          f"{tp} and {prefix}model.num_query_groups={model.num_query_groups} must divide one "
+          f"{tp} and {of}num_query_groups={model.num_query_groups} must divide one "
           "another")
     ep = parallel.expert_parallel_size
     ep_field = f"{prefix}parallel.expert_parallel_size"
     check(ep == 1 or model.num_experts > 0, ep_field,
-          f"{ep} needs a mixture-of-experts model ({prefix}model.num_experts is 0)")
+          f"{ep} needs a mixture-of-experts model ({of}num_experts is 0)")
     check(ep == 1 or model.num_experts % ep == 0, ep_field,
-          f"{ep} does not divide {prefix}model.num_experts={model.num_experts}")
+          f"{ep} does not divide {of}num_experts={model.num_experts}")
     try:
-        pipeline_stage_layers(model.num_layers, parallel, f"{prefix}model.num_layers")
+        pipeline_stage_layers(model.num_layers, parallel, f"{of}num_layers")
     except ConfigError as err:
         raise err.within(f"{prefix}parallel") from None
 
